@@ -1,0 +1,1 @@
+"""Thin Lightning callbacks over the evaluators and run bookkeeping."""

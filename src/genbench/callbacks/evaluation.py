@@ -1,0 +1,75 @@
+"""Runs the configured evaluators at the end of training and every ``every_n_epochs`` epochs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from genbench.evaluators.base import EvalContext, Evaluator
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluators(
+    evaluators: dict[str, Evaluator], model, datamodule, run_dir: Path, device: torch.device, seed: int, final: bool
+) -> tuple[dict[str, Any], EvalContext]:
+    """Run every evaluator under no_grad in eval mode; return (flat metrics + records, context with pictures)."""
+    ctx = EvalContext(model=model, datamodule=datamodule, run_dir=run_dir, device=device, seed=seed, final=final)
+    was_training = model.training
+    model.eval()
+    results: dict[str, Any] = {}
+    try:
+        with torch.no_grad():
+            for name, evaluator in evaluators.items():
+                log.info("evaluating %s", name)
+                results.update(evaluator(ctx))
+    finally:
+        model.train(was_training)
+    results.update(ctx.records)
+    return results, ctx
+
+
+def log_pictures(trainer: pl.Trainer, pictures: dict[str, torch.Tensor], step: int) -> None:
+    """Send picture grids to the loggers that take images (TensorBoard, W&B)."""
+    for logger in trainer.loggers:
+        for name, grid in pictures.items():
+            if hasattr(logger, "log_image"):  # W&B
+                logger.log_image(key=f"pictures/{name}", images=[grid], step=step)
+            elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
+                logger.experiment.add_image(f"pictures/{name}", grid, step)
+
+
+class Evaluation(pl.Callback):
+    """Final (and periodic) evaluation on global rank 0. Final results land in ``self.results``."""
+
+    def __init__(self, evaluators: dict[str, Evaluator], run_dir: str | Path, seed: int = 0, every_n_epochs: int = 0) -> None:
+        self.evaluators = evaluators
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.every_n_epochs = every_n_epochs
+        self.results: dict[str, Any] = {}
+
+    def _run(self, trainer: pl.Trainer, pl_module, final: bool) -> dict[str, Any]:
+        results, ctx = run_evaluators(
+            self.evaluators, pl_module, trainer.datamodule, self.run_dir, pl_module.device, self.seed, final
+        )
+        scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+        prefix = "eval" if final else "eval_periodic"
+        for logger in trainer.loggers:
+            logger.log_metrics({f"{prefix}/{k}": v for k, v in scalars.items()}, step=trainer.global_step)
+        log_pictures(trainer, ctx.pictures, trainer.global_step)
+        return results
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not last and trainer.is_global_zero:
+            self._run(trainer, pl_module, final=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.results = self._run(trainer, pl_module, final=True)

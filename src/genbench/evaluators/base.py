@@ -1,0 +1,38 @@
+"""What an evaluator receives and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from genbench.interface import GenerativeModel
+
+
+@dataclass
+class EvalContext:
+    """Everything an evaluator may use. ``final`` is False for periodic (smaller) evaluations during training."""
+
+    model: GenerativeModel
+    datamodule: Any  # genbench.data.ImageDataModule (not imported: evaluators depend on its methods only)
+    run_dir: Path
+    device: torch.device
+    seed: int = 0
+    final: bool = True
+    # Pictures written this evaluation, name -> (C, H, W) grid in [0, 1], for the loggers to pick up.
+    pictures: dict[str, Tensor] = field(default_factory=dict)
+    # Records that are not scalars (protocols, reasons for skipping), merged into metrics.json.
+    records: dict[str, Any] = field(default_factory=dict)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A fresh generator on the device, so evaluation never consumes the training RNG."""
+        return torch.Generator(device=self.device).manual_seed(self.seed * 7919 + offset)
+
+
+class Evaluator(Protocol):
+    """Computes some metrics and/or writes some pictures; returns flat scalar metrics."""
+
+    def __call__(self, ctx: EvalContext) -> dict[str, float]: ...

@@ -1,0 +1,1 @@
+"""Architectures as plain nn.Modules, injected into models from config."""

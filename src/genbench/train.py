@@ -1,0 +1,141 @@
+"""The composition root: config -> datamodule, model, callbacks, loggers, trainer -> fit -> metrics.json."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from genbench.callbacks.bookkeeping import ConfigInCheckpoint, EpochSummary, RNGState, Throughput
+from genbench.callbacks.evaluation import Evaluation
+from genbench.checkpoints import check_compatible
+from genbench.interface import GenerativeModel
+from genbench.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """The Hydra run directory (the trainer's default_root_dir)."""
+    return Path(cfg.trainer.default_root_dir)
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ["torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics", "torch-fidelity", "wandb", "numpy"]
+    versions = {"python": sys.version.split()[0], "genbench": md.version("genbench")}
+    for name in names:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, resolved: dict[str, Any]) -> tuple[list[pl.Callback], Throughput, Evaluation]:
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    throughput = Throughput()
+    evaluators = {name: hydra.utils.instantiate(spec) for name, spec in cfg.eval.evaluators.items() if spec is not None}
+    evaluation = Evaluation(evaluators, run_dir, seed=cfg.seed, every_n_epochs=cfg.eval.every_n_epochs)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    callbacks: list[pl.Callback] = [throughput, RNGState(), ConfigInCheckpoint(resolved), checkpoint, evaluation]
+    callbacks.append(TQDMProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochSummary())
+    return callbacks, throughput, evaluation
+
+
+def final_metrics(cfg: DictConfig, trainer: pl.Trainer, throughput: Throughput, evaluation: Evaluation, model) -> dict[str, Any]:
+    """The flat record written to metrics.json."""
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.endswith("_step")}
+    return {
+        "status": "finished",
+        "model": OmegaConf.select(cfg, "model_name") or HydraChoice.model(),
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "sampler": model.sampler_name,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_seconds": throughput.train_seconds,
+        "images_per_second": throughput.images_per_second,
+        "world_size": trainer.world_size,
+        **{k.replace("/", "_") if k.startswith(("train/", "val/")) else k: v for k, v in logged.items()},
+        **evaluation.results,
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+    }
+
+
+class HydraChoice:
+    """The group choices Hydra made (e.g. model=vae), when running under Hydra."""
+
+    @staticmethod
+    def model() -> str | None:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
+
+
+def write_resolved_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    with atomic_path(run_dir / "config.yaml") as tmp:
+        tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    return resolved
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one model on one dataset; returns (and writes) the run's metrics."""
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    rank_zero = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    resolved = write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
+    if cfg.print_config:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        datamodule = hydra.utils.instantiate(cfg.data)
+        model = hydra.utils.instantiate(cfg.model)
+        if not isinstance(model, GenerativeModel):
+            raise TypeError(f"{type(model).__name__} does not implement genbench.interface.GenerativeModel")
+        callbacks, throughput, evaluation = build_callbacks(cfg, run_dir, resolved)
+        loggers = [hydra.utils.instantiate(spec) for spec in cfg.logger.values()] if cfg.logger else False
+        trainer: pl.Trainer = hydra.utils.instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers, enable_progress_bar=sys.stderr.isatty()
+        )
+        if cfg.ckpt_path:
+            check_compatible(cfg.ckpt_path, resolved)
+        fit_model = torch.compile(model) if cfg.compile else model
+        started = time.perf_counter()
+        trainer.fit(fit_model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        metrics = final_metrics(cfg, trainer, throughput, evaluation, model)
+    except BaseException as exc:
+        if rank_zero:
+            write_json(run_dir / "metrics.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "data": cfg.data.name, "seed": cfg.seed})
+        raise
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        log.info("run directory: %s (%.1fs)", run_dir, time.perf_counter() - started)
+        print(f"\nrun directory: {run_dir}")
+        for key, value in sorted(shown.items()):
+            print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")
+    return metrics
