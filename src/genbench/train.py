@@ -24,11 +24,6 @@ from genbench.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
-    """The Hydra run directory (the trainer's default_root_dir)."""
-    return Path(cfg.trainer.default_root_dir)
-
-
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -69,7 +64,7 @@ def final_metrics(cfg: DictConfig, trainer: pl.Trainer, throughput: Throughput, 
     logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.endswith("_step")}
     return {
         "status": "finished",
-        "model": OmegaConf.select(cfg, "model_name") or HydraChoice.model(),
+        "model": cfg.model_name,
         "data": cfg.data.name,
         "seed": cfg.seed,
         "sampler": model.sampler_name,
@@ -85,16 +80,6 @@ def final_metrics(cfg: DictConfig, trainer: pl.Trainer, throughput: Throughput, 
     }
 
 
-class HydraChoice:
-    """The group choices Hydra made (e.g. model=vae), when running under Hydra."""
-
-    @staticmethod
-    def model() -> str | None:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
-
-
 def write_resolved_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     with atomic_path(run_dir / "config.yaml") as tmp:
@@ -104,7 +89,7 @@ def write_resolved_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one model on one dataset; returns (and writes) the run's metrics."""
-    run_dir = run_dir_of(cfg)
+    run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
     rank_zero = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0

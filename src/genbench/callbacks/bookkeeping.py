@@ -65,17 +65,34 @@ class Throughput(pl.Callback):
 
 
 class RNGState(pl.Callback):
-    """Saves and restores the torch, numpy and Python RNG states, so a resumed run draws the same noise."""
+    """Saves and restores the torch, numpy and Python RNG states, so a resumed run draws the same noise.
+
+    The saved state is applied at ``on_train_start``, after Lightning's sanity-check validation, which would
+    otherwise consume random numbers the uninterrupted run never drew at that point.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        # numpy's state as tensors and numbers, so Lightning's weights_only checkpoint loading accepts it
+        _, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy_state = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
+        state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending is None:
+            return
+        state_dict, self._pending = self._pending, None
         torch.set_rng_state(state_dict["torch"])
-        np.random.set_state(state_dict["numpy"])
+        n = state_dict["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
         random.setstate(state_dict["python"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])

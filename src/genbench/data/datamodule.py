@@ -123,8 +123,9 @@ class ImageDataModule(pl.LightningDataModule):
             sampler = IndexBatchSampler(
                 len(arrays), batch_size, shuffle=train, drop_last=train, seed=self.seed,
                 rank=rank, world_size=world, device=lambda: self._rank_info()[2],
+                epoch_source=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
             )
-            return DataLoader(_Identity(), sampler=sampler, batch_size=None, num_workers=0)
+            return DataLoader(_Identity(), sampler=sampler, batch_size=None, num_workers=0, generator=self._loader_rng())
         dataset = _Samples(arrays)
         if world > 1:
             sampler = DistributedSampler(dataset, world, rank, shuffle=train, seed=self.seed, drop_last=train)
@@ -134,8 +135,13 @@ class ImageDataModule(pl.LightningDataModule):
             sampler = SequentialSampler(dataset)
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=self.num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=self.num_workers > 0,
+            pin_memory=device.type == "cuda", persistent_workers=self.num_workers > 0, generator=self._loader_rng(),
         )
+
+    def _loader_rng(self) -> torch.Generator:
+        """A private generator: creating a DataLoader iterator draws a seed, and must not draw it from the global
+        RNG, or when Lightning builds the iterator (which differs on a resumed run) would change the model's noise."""
+        return torch.Generator().manual_seed(self.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

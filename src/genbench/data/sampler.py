@@ -22,9 +22,10 @@ class IndexBatchSampler:
     """Yields (B,) int64 index tensors over this rank's shard of ``range(n)``.
 
     Every rank yields the same number of batches (DDP would hang otherwise): shards are cut to the smallest
-    shard's length each epoch, after shuffling, so over epochs every index is still visited. ``set_epoch`` is
-    called by Lightning (through ``DataLoader.sampler``) and seeds the shuffle, so a resumed run replays the
-    same order as an uninterrupted one.
+    shard's length each epoch, after shuffling, so over epochs every index is still visited. The epoch seeds the
+    shuffle, so a resumed run replays the same order as an uninterrupted one. It is read from ``epoch_source``
+    (the trainer's ``current_epoch``) when given: Lightning may build and prefetch an epoch's iterator before it
+    calls ``set_epoch`` on a resumed run, so ``set_epoch`` alone is not reliable.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class IndexBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         device: Callable[[], torch.device] | torch.device | None = None,
+        epoch_source: Callable[[], int] | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
@@ -44,6 +46,7 @@ class IndexBatchSampler:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
         self._device = device
+        self._epoch_source = epoch_source
         self.shard = partition_indices(n, world_size, seed)[rank] if world_size > 1 else torch.arange(n)
         self.per_rank = n // world_size if world_size > 1 else n
 
@@ -63,7 +66,8 @@ class IndexBatchSampler:
     def __iter__(self) -> Iterator[torch.Tensor]:
         order = self.shard
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            epoch = self._epoch_source() if self._epoch_source is not None else self.epoch
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = order[torch.randperm(len(order), generator=generator)]
         order = order[: self.per_rank].to(self._device_now())  # one copy per epoch, none per step
         for start in range(0, len(self) * self.batch_size, self.batch_size):
