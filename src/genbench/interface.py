@@ -51,6 +51,11 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         """
 
     @property
+    def latent_geometry(self) -> str:
+        """'euclidean', or 'sphere' when codes live on the unit sphere (interpolations then follow great circles)."""
+        return "euclidean"
+
+    @property
     def sampler_name(self) -> str:
         """Name of the sampler ``sample`` uses; generative metrics are recorded under it."""
         return "prior"
