@@ -22,6 +22,8 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
     """
 
     latent_dim: int
+    # 'euclidean', or 'sphere' when codes live on the unit sphere (interpolations then follow great circles).
+    latent_geometry: str = "euclidean"
 
     @abc.abstractmethod
     def encode(self, x: Tensor) -> Tensor:
@@ -49,11 +51,6 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         ``index`` holds the images' positions in the training split, when they come from it: GLO reconstructs
         training images from their learned codes rather than by inversion.
         """
-
-    @property
-    def latent_geometry(self) -> str:
-        """'euclidean', or 'sphere' when codes live on the unit sphere (interpolations then follow great circles)."""
-        return "euclidean"
 
     @property
     def sampler_name(self) -> str:
