@@ -1,0 +1,218 @@
+"""MLP-ALAE: the Adversarial Latent Autoencoder (Pidhorskyi, Adjeroh & Doretto, CVPR 2020), fully connected.
+
+The GAN generator is split into a mapping F: z -> w and a generator G: w -> x; the discriminator into an encoder
+E: x -> w and a head D: w -> logit. Each batch makes three updates (Lightning manual optimisation, two Adams):
+1. discriminator, optimiser (E, D): softplus(D(E(G(F(z))))) + softplus(-D(E(x))) + r1_gamma / 2 * R1,
+   R1 = E_x ||d D(E(x)) / d x||^2 on the reals;
+2. generator, optimiser (F, G): softplus(-D(E(G(F(z)))));
+3. latent autoencoder, both optimisers, only G and E have gradients: mean ||w - E(G(w))||^2 with w = F(z) detached
+   (the official code detaches only the target, so there F also gets a gradient through G's input; issue 9 asks
+   for F to stay out of this step).
+Networks work on signed pixels in [-1, 1] as the official code does; G has a linear output. ``decode`` maps
+G's output to [0, 1] by (g + 1) / 2 and clamps there only: a sigmoid or tanh output would saturate exactly where
+MNIST's reals sit (the 0-valued background), starving G of gradient, and the official FC generator has none.
+
+Note: Lightning counts every ``optimizer.step()`` as a global step, so one batch is 4 steps here
+(``OPTIMIZER_STEPS_PER_BATCH``): set ``trainer.max_steps`` accordingly, or train by epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genbench.data.batch import Batch
+from genbench.interface import GenerativeModel
+
+OPTIMIZER_STEPS_PER_BATCH = 4  # (E, D) + (F, G) + both in the latent-autoencoder step
+
+
+def r1_penalty(scores: Tensor, reals: Tensor) -> Tensor:
+    """Mean over the batch of ||d score_i / d real_i||^2. scores (N,) computed from reals (N, ...) with requires_grad.
+
+    Summing the scores gives each sample's own gradient because samples do not interact. create_graph=True so the
+    penalty can itself be differentiated (it is part of the discriminator's loss).
+    """
+    (grad,) = torch.autograd.grad(scores.sum(), reals, create_graph=True)
+    return grad.pow(2).flatten(1).sum(dim=1).mean()
+
+
+def to_signed(x: Tensor) -> Tensor:
+    """[0, 1] contract pixels -> [-1, 1] network pixels."""
+    return x * 2.0 - 1.0
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """[-1, 1] network pixels (unbounded G output) -> [0, 1] contract pixels."""
+    return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+class ALAE(GenerativeModel):
+    """MLP-ALAE. The four nets are partial configs completed here with the latent size (z and w share it)."""
+
+    def __init__(
+        self,
+        mapping: Callable[..., nn.Module],
+        generator: Callable[..., nn.Module],
+        encoder: Callable[..., nn.Module],
+        discriminator: Callable[..., nn.Module],
+        latent_dim: int = 50,
+        r1_gamma: float = 10.0,
+        lr_encoder: float = 0.002,
+        lr_generator: float = 0.002,
+        betas: tuple[float, float] = (0.0, 0.99),
+        w_avg_beta: float = 0.995,
+        truncation_psi: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= w_avg_beta < 1.0:
+            raise ValueError(f"w_avg_beta must be in [0, 1), got {w_avg_beta}")
+        if truncation_psi is not None and not 0.0 <= truncation_psi <= 1.0:
+            raise ValueError(f"truncation_psi must be null or in [0, 1], got {truncation_psi}")
+        self.automatic_optimization = False
+        self.latent_dim = latent_dim
+        self.r1_gamma, self.lr_encoder, self.lr_generator, self.betas = (
+            r1_gamma,
+            lr_encoder,
+            lr_generator,
+            tuple(betas),
+        )
+        self.w_avg_beta, self.truncation_psi = w_avg_beta, truncation_psi
+        self.mapping = mapping(features=latent_dim)  # F
+        self.generator = generator(in_features=latent_dim)  # G
+        self.encoder = encoder(out_features=latent_dim)  # E
+        self.discriminator = discriminator(in_features=latent_dim)  # D
+        # Running mean of w = F(z) during training, the truncation centre; a buffer, so it is saved in checkpoints.
+        self.register_buffer("w_avg", torch.zeros(latent_dim))
+
+    # -- the contract --------------------------------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(to_signed(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Codes here are w (the encoder's space), not the prior's z."""
+        return to_unit(self.generator(z))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(
+            n,
+            self.latent_dim,
+            generator=generator,
+            device=self.device if generator is None else generator.device,
+        )
+        w = self.mapping(z.to(self.device))
+        if self.truncation_psi is not None:
+            w = torch.lerp(self.w_avg, w, self.truncation_psi)  # w_avg + psi * (w - w_avg)
+        return self.decode(w)
+
+    def reconstruct(self, x: Tensor, index: Tensor | None = None) -> Tensor:
+        return self.decode(self.encode(x))
+
+    # -- the three updates ---------------------------------------------------------------------------------------
+    @contextmanager
+    def _trainable(self, *nets: nn.Module) -> Iterator[None]:
+        """Only ``nets`` get gradients inside the block (the others still pass gradients through)."""
+        everything = (self.mapping, self.generator, self.encoder, self.discriminator)
+        saved = [[p.requires_grad for p in net.parameters()] for net in everything]
+        for net in everything:
+            net.requires_grad_(any(net is t for t in nets))
+        try:
+            yield
+        finally:
+            for net, flags in zip(everything, saved, strict=True):
+                for p, flag in zip(net.parameters(), flags, strict=True):
+                    p.requires_grad_(flag)
+
+    def _draw_w(self, n: int) -> Tensor:
+        """w = F(z), z ~ N(0, I), (n, latent_dim). In training, every draw moves the running average of w (as in the
+        official code, three times per batch)."""
+        w = self.mapping(torch.randn(n, self.latent_dim, device=self.device))
+        if self.training:
+            with torch.no_grad():
+                self.w_avg.lerp_(w.detach().mean(dim=0), 1.0 - self.w_avg_beta)
+        return w
+
+    def _critic(self, x_signed: Tensor) -> Tensor:
+        """D(E(x)): real/fake logits (N,) for signed images."""
+        return self.discriminator(self.encoder(x_signed))
+
+    def discriminator_loss(self, x: Tensor) -> dict[str, Tensor]:
+        """Step 1's loss for reals x (N, C, H, W) in [0, 1]; R1 is taken w.r.t. the signed pixels E sees."""
+        with torch.no_grad():
+            fake = self.generator(self._draw_w(x.shape[0]))
+        reals = to_signed(x).detach().requires_grad_(True)
+        real_scores = self._critic(reals)
+        r1 = r1_penalty(real_scores, reals)
+        gan = F.softplus(self._critic(fake)).mean() + F.softplus(-real_scores).mean()
+        return {"loss_d": gan + 0.5 * self.r1_gamma * r1, "r1": r1}
+
+    def generator_loss(self, n: int) -> Tensor:
+        """Step 2's non-saturating loss on n fresh samples."""
+        return F.softplus(-self._critic(self.generator(self._draw_w(n)))).mean()
+
+    def autoencoder_loss(self, n: int) -> Tensor:
+        """Step 3: latent reciprocity mean ||w - E(G(w))||^2 (mean over batch and dims, as the official code)."""
+        with torch.no_grad():
+            w = self._draw_w(n)
+        return (self.encoder(self.generator(w)) - w).pow(2).mean()
+
+    def _discriminator_step(self, x: Tensor, opt_ed) -> dict[str, Tensor]:
+        with self._trainable(self.encoder, self.discriminator):
+            parts = self.discriminator_loss(x)
+            opt_ed.zero_grad()
+            self.manual_backward(parts["loss_d"])
+            opt_ed.step()
+        return parts
+
+    def _generator_step(self, n: int, opt_fg) -> Tensor:
+        with self._trainable(self.mapping, self.generator):
+            loss = self.generator_loss(n)
+            opt_fg.zero_grad()
+            self.manual_backward(loss)
+            opt_fg.step()
+        return loss
+
+    def _autoencoder_step(self, n: int, opt_ed, opt_fg) -> Tensor:
+        # The official code steps both optimisers; D and F have no gradient here, so Adam leaves them untouched.
+        with self._trainable(self.generator, self.encoder):
+            loss = self.autoencoder_loss(n)
+            opt_ed.zero_grad()
+            opt_fg.zero_grad()
+            self.manual_backward(loss)
+            opt_ed.step()
+            opt_fg.step()
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        opt_ed, opt_fg = self.optimizers()
+        n = batch.image.shape[0]
+        parts = self._discriminator_step(batch.image, opt_ed)
+        losses = {
+            "loss_d": parts["loss_d"].detach(),
+            "r1": parts["r1"].detach(),
+            "loss_g": self._generator_step(n, opt_fg).detach(),
+            "loss_ae": self._autoencoder_step(n, opt_ed, opt_fg).detach(),
+        }
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
+        return losses
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x = batch.image
+        recon_mse = (self.reconstruct(x) - x).pow(2).mean()
+        self.log_dict(
+            {"val/recon_mse": recon_mse, "val/loss_ae": self.autoencoder_loss(x.shape[0])},
+            sync_dist=True,
+            batch_size=x.shape[0],
+        )
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        encoder_side = [*self.encoder.parameters(), *self.discriminator.parameters()]
+        generator_side = [*self.mapping.parameters(), *self.generator.parameters()]
+        return [
+            torch.optim.Adam(encoder_side, lr=self.lr_encoder, betas=self.betas),
+            torch.optim.Adam(generator_side, lr=self.lr_generator, betas=self.betas),
+        ]
