@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from genbench.callbacks.bookkeeping import ConfigInCheckpoint, EpochSummary, RNGState, Throughput
 from genbench.callbacks.evaluation import Evaluation
 from genbench.checkpoints import check_compatible
+from genbench.distributed import kill_this_process, launched_as_global_zero, local_ranks, strategy_for
 from genbench.interface import GenerativeModel
 from genbench.io import atomic_path, write_json
+from genbench.loggers import build_loggers, finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,20 @@ def final_metrics(cfg: DictConfig, trainer: pl.Trainer, throughput: Throughput, 
     }
 
 
+def failure_record(cfg: DictConfig, error: str) -> dict[str, Any]:
+    return {"status": "failed", "error": error, "data": cfg.data.name, "seed": cfg.seed}
+
+
+def worker_failure_handler(cfg: DictConfig, run_dir: Path) -> Callable[[int, int], None]:
+    """What rank 0 does when a DDP worker dies: record the failure, then end (it may be blocked in a collective)."""
+
+    def on_failure(rank: int, code: int) -> None:
+        write_json(run_dir / "metrics.json", failure_record(cfg, f"DDP rank {rank} exited with code {code}"))
+        kill_this_process(rank, code)
+
+    return on_failure
+
+
 def write_resolved_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     with atomic_path(run_dir / "config.yaml") as tmp:
@@ -93,9 +109,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    rank_zero = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    rank_zero = launched_as_global_zero()
     resolved = write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
-    if cfg.print_config:
+    if cfg.print_config and rank_zero:
         print(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         datamodule = hydra.utils.instantiate(cfg.data)
@@ -103,19 +119,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(model, GenerativeModel):
             raise TypeError(f"{type(model).__name__} does not implement genbench.interface.GenerativeModel")
         callbacks, throughput, evaluation = build_callbacks(cfg, run_dir, resolved)
-        loggers = [hydra.utils.instantiate(spec) for spec in cfg.logger.values()] if cfg.logger else False
+        loggers = build_loggers(cfg, run_dir, resolved, rank_zero) if cfg.logger else False
         trainer: pl.Trainer = hydra.utils.instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers, enable_progress_bar=sys.stderr.isatty()
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers,
+            enable_progress_bar=sys.stderr.isatty(),
+            strategy=strategy_for(cfg.trainer.strategy, model),
         )
         if cfg.ckpt_path:
             check_compatible(cfg.ckpt_path, resolved)
         fit_model = torch.compile(model) if cfg.compile else model
         started = time.perf_counter()
-        trainer.fit(fit_model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        # DDP ranks on this node: started here, not by Lightning re-running the (Hydra sweep) command line
+        with local_ranks(trainer, resolved, on_failure=worker_failure_handler(cfg, run_dir)):
+            trainer.fit(fit_model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         metrics = final_metrics(cfg, trainer, throughput, evaluation, model)
     except BaseException as exc:
         if rank_zero:
-            write_json(run_dir / "metrics.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "data": cfg.data.name, "seed": cfg.seed})
+            write_json(run_dir / "metrics.json", failure_record(cfg, f"{type(exc).__name__}: {exc}"))
+        finish_wandb(failed=True)
         raise
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
@@ -124,4 +147,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print(f"\nrun directory: {run_dir}")
         for key, value in sorted(shown.items()):
             print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")
+    finish_wandb(failed=False)  # a sweep's next job in this process must start its own W&B run
     return metrics

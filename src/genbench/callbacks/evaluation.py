@@ -9,22 +9,34 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from genbench.evaluators.base import EvalContext, Evaluator
+from genbench.evaluators.base import Collectives, EvalContext, Evaluator
+from genbench.evaluators.distributed import is_sharded
 
 log = logging.getLogger(__name__)
 
 
 def run_evaluators(
-    evaluators: dict[str, Evaluator], model, datamodule, run_dir: Path, device: torch.device, seed: int, final: bool
+    evaluators: dict[str, Evaluator], model, datamodule, run_dir: Path, device: torch.device, seed: int, final: bool,
+    rank: int = 0, world_size: int = 1, collectives: Collectives | None = None,
 ) -> tuple[dict[str, Any], EvalContext]:
-    """Run every evaluator under no_grad in eval mode; return (flat metrics + records, context with pictures)."""
-    ctx = EvalContext(model=model, datamodule=datamodule, run_dir=run_dir, device=device, seed=seed, final=final)
+    """Run every evaluator under no_grad in eval mode; return (flat metrics + records, context with pictures).
+
+    Under DDP call it on every rank: sharded evaluators run first, on every rank (they meet in collectives, so
+    no rank waits in one while rank 0 draws pictures); the others run on rank 0 only. Results are rank 0's.
+    """
+    ctx = EvalContext(
+        model=model, datamodule=datamodule, run_dir=run_dir, device=device, seed=seed, final=final,
+        rank=rank, world_size=world_size, collectives=collectives,
+    )
+    order = sorted(evaluators.items(), key=lambda item: not is_sharded(item[1]))  # stable: config order within
     was_training = model.training
     model.eval()
     results: dict[str, Any] = {}
     try:
         with torch.no_grad():
-            for name, evaluator in evaluators.items():
+            for name, evaluator in order:
+                if rank != 0 and not is_sharded(evaluator):
+                    continue
                 log.info("evaluating %s", name)
                 results.update(evaluator(ctx))
     finally:
@@ -44,7 +56,8 @@ def log_pictures(trainer: pl.Trainer, pictures: dict[str, torch.Tensor], step: i
 
 
 class Evaluation(pl.Callback):
-    """Final (and periodic) evaluation on global rank 0. Final results land in ``self.results``."""
+    """Final (and periodic) evaluation. Under DDP sharded evaluators run on every rank, the others on global
+    rank 0; final results land in rank 0's ``self.results``."""
 
     def __init__(self, evaluators: dict[str, Evaluator], run_dir: str | Path, seed: int = 0, every_n_epochs: int = 0) -> None:
         self.evaluators = evaluators
@@ -54,9 +67,13 @@ class Evaluation(pl.Callback):
         self.results: dict[str, Any] = {}
 
     def _run(self, trainer: pl.Trainer, pl_module, final: bool) -> dict[str, Any]:
+        distributed = trainer.world_size > 1
         results, ctx = run_evaluators(
-            self.evaluators, pl_module, trainer.datamodule, self.run_dir, pl_module.device, self.seed, final
+            self.evaluators, pl_module, trainer.datamodule, self.run_dir, pl_module.device, self.seed, final,
+            trainer.global_rank, trainer.world_size, trainer.strategy if distributed else None,
         )
+        if not trainer.is_global_zero:
+            return {}
         scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         prefix = "eval" if final else "eval_periodic"
         for logger in trainer.loggers:
@@ -67,9 +84,8 @@ class Evaluation(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not last and trainer.is_global_zero:
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not last:
             self._run(trainer, pl_module, final=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self.results = self._run(trainer, pl_module, final=True)
+        self.results = self._run(trainer, pl_module, final=True)

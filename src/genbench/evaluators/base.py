@@ -12,9 +12,26 @@ from torch import Tensor
 from genbench.interface import GenerativeModel
 
 
+class Collectives(Protocol):
+    """The two collectives sharded evaluators use; a Lightning ``Strategy`` provides both."""
+
+    def all_gather(self, tensor: Tensor) -> Tensor:
+        """(W, *tensor.shape): every rank's ``tensor``, in rank order."""
+        ...
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` (any picklable object), on every rank."""
+        ...
+
+
 @dataclass
 class EvalContext:
-    """Everything an evaluator may use. ``final`` is False for periodic (smaller) evaluations during training."""
+    """Everything an evaluator may use. ``final`` is False for periodic (smaller) evaluations during training.
+
+    Under DDP every rank gets a context (``rank``, ``world_size``, ``collectives``), but only evaluators whose
+    class sets ``sharded = True`` run on every rank (see ``genbench.evaluators.distributed``); the others run on
+    rank 0 alone.
+    """
 
     model: GenerativeModel
     datamodule: Any  # genbench.data.ImageDataModule (not imported: evaluators depend on its methods only)
@@ -26,6 +43,9 @@ class EvalContext:
     pictures: dict[str, Tensor] = field(default_factory=dict)
     # Records that are not scalars (protocols, reasons for skipping), merged into metrics.json.
     records: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+    collectives: Collectives | None = None  # None on one process
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A fresh generator on the device, so evaluation never consumes the training RNG."""

@@ -27,12 +27,17 @@ def cache_key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def feature_cache_path(key: dict[str, Any], cache_dir: Path) -> Path:
+    """The file ``cached_features`` uses for ``key``."""
+    return Path(cache_dir) / f"features-{cache_key_hash(key)}.pt"
+
+
 def cached_features(key: dict[str, Any], compute: Callable[[], Tensor], cache_dir: Path) -> Tensor:
     """Features (N, D) for ``key``: loaded from ``cache_dir`` if a valid file exists, else ``compute()``d and saved.
 
     The file stores the key beside the tensor and the key is checked on load. Returns a CPU tensor either way.
     """
-    path = Path(cache_dir) / f"features-{cache_key_hash(key)}.pt"
+    path = feature_cache_path(key, cache_dir)
     stored_key = json.loads(json.dumps(key, sort_keys=True))  # tuples -> lists, as it reads back from disk
     if path.is_file():
         try:

@@ -1,0 +1,581 @@
+"""Incremental GLO (Helman, Zingerman & Schreiber, "Improving the GLO learning process", Tel Aviv University 2019).
+
+GLO (free code per training image, learned with a generator G; ``genbench.models.glo``) trained in stages, all
+phases of one Lightning run, then an encoder:
+
+1. Curriculum (``genbench.curriculum``): features (ResNet-50 or pixels) -> PCA -> k-means -> the k images nearest
+   each centroid form subset 1; again on the images left for ``n_stages - 1`` rounds; the rest is the last subset.
+   Computed once at the start of fit, stored in the buffer ``subset_of`` (so checkpoints carry it) and written to
+   ``curriculum_file``.
+2. Subset stage 1: GLO on subset 1. Subset stage k > 1: previous_weight * loss(previous subsets, codes frozen)
+   + current_weight * loss(subset k); each step draws ``previous_batch_size`` and ``current_batch_size`` images
+   from the stage's subsets itself (the datamodule's batch only clocks the step).
+3. Whole stage, on the datamodule's batches: clean_weight * L(G(z), x) + continuity_weight * L(G(z + eps), x),
+   eps ~ N(0, continuity_sigma^2 I): the continuity term.
+4. Encoder stage: E(x) regresses each image's code with encoder_l1_weight * L1 + encoder_l2_weight * L2; G and the
+   codes are frozen.
+
+Stages last ``subset_epochs`` (each subset stage), ``final_epochs`` and ``encoder_epochs`` trainer epochs; the stage
+is a function of ``current_epoch``, so a checkpoint taken mid-stage resumes in that stage, and the index draws of a
+subset stage are seeded by the step, so resuming replays them. L is ``image_loss`` (``genbench.perceptual``: the
+report's VGG16 perceptual loss, or L2 + Lap1 without weights). Codes use GLO's ``CodeTable`` (row-wise Adam: codes
+outside the step's rows never move). Under DDP the table is replicated: the rows and gradients of a step are
+all-gathered (traffic proportional to the batch) and every rank applies the same update.
+
+``encode``: the encoder once its stage has begun, GLO latent inversion before. ``reconstruct(x, index)``: learned
+codes for training images, decode(encode(x)) otherwise. ``sample``: a sampler fitted to the codes (latent.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from genbench import curriculum
+from genbench.data.batch import Batch
+from genbench.interface import GenerativeModel
+from genbench.inversion import invert
+from genbench.io import write_json
+from genbench.latent import PROJECTIONS, LatentSampler, project
+from genbench.models.glo import CodeTable, pca_codes
+from genbench.nets.pretrained import ResNet50Features, VGG16Blocks
+from genbench.perceptual import PerceptualLoss
+
+log = logging.getLogger(__name__)
+
+INITS = ("pca", "gaussian")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase of training: ``kind`` subset | whole | encoder; ``subset`` the subset trained (subset stages)."""
+
+    number: int  # 1-based position in the schedule, as logged in train/stage
+    name: str  # subset1 .. subsetN, whole, encoder
+    kind: str
+    subset: int
+    first_epoch: int
+    epochs: int
+
+
+def schedule(n_stages: int, subset_epochs: int, final_epochs: int, encoder_epochs: int) -> list[Stage]:
+    """The stages in order, with their epoch ranges; stages of zero epochs are kept (and skipped by ``stage_at``)."""
+    kinds = [(f"subset{s + 1}", "subset", s, subset_epochs) for s in range(n_stages)]
+    kinds += [("whole", "whole", -1, final_epochs), ("encoder", "encoder", -1, encoder_epochs)]
+    stages, first = [], 0
+    for number, (name, kind, subset, epochs) in enumerate(kinds, start=1):
+        stages.append(Stage(number, name, kind, subset, first, epochs))
+        first += epochs
+    return stages
+
+
+def stage_at(stages: list[Stage], epoch: int) -> Stage:
+    """The stage of ``epoch``; epochs past the schedule stay in its last non-empty stage."""
+    active = [s for s in stages if s.epochs > 0]
+    for stage in active:
+        if epoch < stage.first_epoch + stage.epochs:
+            return stage
+    return active[-1]
+
+
+def continuity_noise(z: Tensor, sigma: float) -> Tensor:
+    """eps ~ N(0, sigma^2 I), shaped like codes z (B, D)."""
+    return sigma * torch.randn_like(z)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(net: nn.Module, batches: Iterable[Tensor]) -> None:
+    """Recompute ``net``'s batch-norm running statistics as a cumulative average over ``batches`` in train mode.
+
+    As ``GLO.recalibrate_batch_norm`` ("precise BN"): after training, the running averages (momentum 0.1) still
+    hold much of their initial state; one pass over the training inputs with the final weights fixes eval mode.
+    Deterministic for fixed batches, so DDP ranks end with the same statistics.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training, momenta = net.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    net.train()
+    for inputs in batches:
+        net(inputs)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    net.train(was_training)
+
+
+def shuffled_batches(n: int, batch_size: int, fetch: Callable[[Tensor], Tensor]) -> Iterator[Tensor]:
+    """``fetch(index)`` for the batches of a fixed (seed 0) permutation of range(n)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    for start in range(0, n, batch_size):
+        yield fetch(order[start : start + batch_size])
+
+
+class IncrementalGLO(GenerativeModel):
+    """GLO trained over a k-means curriculum with a continuity term, then an encoder. See the module docstring.
+
+    ``generator``, ``encoder`` and ``sampler`` are partials completed here (latent size, projection);
+    ``features`` (images -> (N, F)) and ``image_loss`` ((x_hat, x) -> (N,)) are built modules.
+    """
+
+    def __init__(
+        self,
+        generator: Callable[..., nn.Module],
+        encoder: Callable[..., nn.Module],
+        sampler: Callable[..., LatentSampler],
+        features: nn.Module,
+        image_loss: nn.Module,
+        latent_dim: int = 32,
+        n_codes: int | None = None,
+        init: str = "pca",
+        init_std: float = 1.0,
+        projection: str = "none",
+        n_stages: int = 2,
+        n_clusters: int = 32,
+        k_representatives: int = 4,
+        pca_dim: int = 32,
+        feature_batch_size: int = 256,
+        subset_epochs: int = 1,
+        final_epochs: int = 2,
+        encoder_epochs: int = 2,
+        previous_batch_size: int = 35,
+        current_batch_size: int = 50,
+        previous_weight: float = 1.0,
+        current_weight: float = 1.0,
+        clean_weight: float = 1.0,
+        continuity_weight: float = 0.7,
+        continuity_sigma: float = 0.3,
+        lr_generator: float = 1e-3,
+        lr_codes: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        lr_encoder: float = 1e-3,
+        encoder_l1_weight: float = 1.0,
+        encoder_l2_weight: float = 1.0,
+        inversion_steps: int = 100,
+        inversion_lr: float = 0.05,
+        curriculum_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+        if min(subset_epochs, final_epochs, encoder_epochs) < 0 or subset_epochs + final_epochs == 0:
+            raise ValueError(
+                "stage epochs must be >= 0, and the decoder needs subset_epochs or final_epochs > 0"
+            )
+        if min(continuity_sigma, continuity_weight, clean_weight, previous_weight, current_weight) < 0:
+            raise ValueError("loss weights and continuity_sigma must be >= 0")
+        self.automatic_optimization = False  # generator, encoder and the row-wise code optimiser
+        self.latent_dim, self.n_codes, self.init, self.init_std = latent_dim, n_codes, init, init_std
+        self.projection = projection
+        self.latent_geometry = "sphere" if projection == "sphere" else "euclidean"
+        self.n_stages, self.n_clusters, self.k_representatives = n_stages, n_clusters, k_representatives
+        self.pca_dim, self.feature_batch_size = pca_dim, feature_batch_size
+        self.stages = schedule(n_stages, subset_epochs, final_epochs, encoder_epochs)
+        self.previous_batch_size, self.current_batch_size = previous_batch_size, current_batch_size
+        self.previous_weight, self.current_weight = previous_weight, current_weight
+        self.clean_weight, self.continuity_weight = clean_weight, continuity_weight
+        self.continuity_sigma = continuity_sigma
+        self.lr_generator, self.lr_codes = lr_generator, lr_codes
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.lr_encoder = lr_encoder
+        self.encoder_l1_weight, self.encoder_l2_weight = encoder_l1_weight, encoder_l2_weight
+        self.inversion_steps, self.inversion_lr = inversion_steps, inversion_lr
+        self.curriculum_file = curriculum_file
+
+        self.generator = generator(in_features=latent_dim)
+        self.encoder = encoder(out_features=latent_dim)
+        self.sampler = sampler(latent_dim=latent_dim, projection=projection)
+        # Frozen nets: their weights are non-persistent buffers (moved with the model, never checkpointed).
+        self.features, self.image_loss = features, image_loss
+        self.codes = CodeTable(n_codes or 0, latent_dim, projection, "adam", self.betas)
+        # (N,) the subset of each training image, -1 before the split; saved with every checkpoint.
+        self.register_buffer("subset_of", torch.full((n_codes or 0,), -1, dtype=torch.long))
+        self.register_buffer("encoder_steps", torch.zeros((), dtype=torch.long))
+        # Which setting ran: the report's (ResNet-50 clustering + VGG16 perceptual loss) or the weight-free one.
+        # n_stages 1 has no curriculum, so no clustering features to judge.
+        clustering = n_stages == 1 or isinstance(features, ResNet50Features)
+        self.setting = {
+            "features": getattr(features, "name", type(features).__name__) if n_stages > 1 else "none",
+            "image_loss": getattr(image_loss, "name", type(image_loss).__name__),
+            "report_setting": clustering
+            and isinstance(image_loss, PerceptualLoss)
+            and isinstance(image_loss.network, VGG16Blocks),
+        }
+        # DDP syncs the generator and encoder (parameters and batch-norm statistics) only: the code table is kept
+        # identical on every rank by the all-gathered updates, and the frozen nets never change.
+        self._ddp_params_and_buffers_to_ignore = [
+            name for name, _ in self.named_buffers() if not name.startswith(("generator.", "encoder."))
+        ]
+        self._subsets: list[Tensor] = []  # CPU index tensors per subset, from subset_of
+        self._seed = 0
+        self._sampler_stale = False  # codes moved since the sampler was fitted
+        self._bn_stale = False  # generator moved since its batch-norm statistics were recalibrated
+        self._encoder_bn_stale = False  # encoder moved since its batch-norm statistics were recalibrated
+        self._warned_inversion = False
+
+    @property
+    def sampler_name(self) -> str:
+        return self.sampler.name
+
+    @property
+    def current_stage(self) -> Stage:
+        """The stage of the current epoch."""
+        return stage_at(self.stages, self.current_epoch)
+
+    # -- the contract --------------------------------------------------------------------------------------------
+    def decode(self, z: Tensor) -> Tensor:
+        return self.generator(z)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes (N, D) of images (N, C, H, W): the encoder once its stage has begun, else latent inversion."""
+        if int(self.encoder_steps) > 0:
+            return self.encoder(x)
+        if len(self.codes) == 0:
+            raise RuntimeError(
+                "IncrementalGLO.encode needs learned codes (train the model or load a checkpoint)"
+            )
+        if not self._warned_inversion:
+            log.warning(
+                "incremental GLO: the encoder is not trained yet; encode falls back to latent inversion"
+            )
+            self._warned_inversion = True
+        start = project(self.codes.weight.mean(dim=0, keepdim=True), self.projection).expand(x.shape[0], -1)
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            return invert(
+                self.decode,
+                x,
+                start,
+                self.inversion_steps,
+                self.inversion_lr,
+                self.image_loss,
+                self.projection,
+            )
+        finally:
+            self.generator.train(was_training)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        if self._sampler_stale or not bool(self.sampler.fitted):
+            self.fit_sampler()
+        return self.decode(self.sampler.sample(n, generator).to(self.device))
+
+    def reconstruct(self, x: Tensor, index: Tensor | None = None) -> Tensor:
+        """Training images (``index`` given) from their learned codes, others by decode(encode(x))."""
+        if index is None:
+            return self.decode(self.encode(x))
+        return self.decode(self.codes.weight[index.to(self.codes.weight.device)])
+
+    def fit_sampler(self) -> None:
+        if len(self.codes) == 0:
+            raise RuntimeError(
+                f"cannot fit the {self.sampler_name} sampler: no codes (train or load a checkpoint)"
+            )
+        self.sampler.fit(self.codes.weight)
+        self._sampler_stale = False
+
+    # -- setup: the code table and the curriculum -------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "images"):
+            raise ValueError(
+                "IncrementalGLO trains from a genbench ImageDataModule (it draws subset images by index)"
+            )
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError(
+                "IncrementalGLO does not support fp16 loss scaling (code gradients would stay scaled)"
+            )
+        n = len(datamodule.split("train"))
+        if self.n_codes is not None and self.n_codes != n:
+            raise ValueError(f"model.n_codes={self.n_codes} but the train split has {n} images")
+        if (self.n_stages - 1) * self.n_clusters * self.k_representatives >= n:
+            raise ValueError(
+                f"the curriculum ({self.n_stages - 1} rounds of {self.n_clusters} clusters x "
+                f"{self.k_representatives} representatives) needs more than the {n} training images"
+            )
+        self._seed = int(getattr(datamodule, "seed", 0))
+        if len(self.codes) != n:
+            self.codes.resize(n)
+        if len(self.subset_of) != n:
+            self.subset_of = torch.full((n,), -1, dtype=torch.long, device=self.subset_of.device)
+        if not self.codes.weight.any():  # fresh (a resumed checkpoint replaces it after setup)
+            self._initialise_codes(datamodule, self.trainer.strategy.root_device)
+
+    @torch.no_grad()
+    def _initialise_codes(self, datamodule, device: torch.device) -> None:
+        """Codes with per-dimension standard deviation ``init_std`` (PCA: on average), projected."""
+        n = len(self.codes)
+        if self.init == "pca":  # mean squared norm 1 -> D * init_std^2
+            codes = pca_codes(datamodule.split("train").images, self.latent_dim, device, self._seed)
+            codes = codes * self.init_std * math.sqrt(self.latent_dim)
+        else:
+            codes = self.init_std * torch.randn(
+                n, self.latent_dim, generator=torch.Generator().manual_seed(self._seed)
+            )
+        self.codes.weight.copy_(project(codes, self.projection))
+
+    def on_fit_start(self) -> None:
+        # After the checkpoint's state is restored: a resumed run keeps the split it was trained with.
+        if bool((self.subset_of < 0).any()):
+            self.subset_of.copy_(self._compute_split())
+        self._subsets = [torch.nonzero(self.subset_of.cpu() == s).squeeze(1) for s in range(self.n_stages)]
+        if self.trainer.is_global_zero and self.curriculum_file:
+            self._write_curriculum(Path(self.curriculum_file))
+        total = sum(s.epochs for s in self.stages)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and 0 <= max_epochs < total:
+            log.warning(
+                "incremental GLO: trainer.max_epochs=%d < the %d epochs of its stages; training stops in stage %s",
+                max_epochs,
+                total,
+                stage_at(self.stages, max_epochs - 1).name,
+            )
+
+    def _compute_split(self) -> Tensor:
+        """(N,) subset of each training index; computed on rank 0 and broadcast."""
+        if self.n_stages == 1:  # no curriculum (plain GLO, with or without the continuity term)
+            return torch.zeros_like(self.subset_of)
+        subset_of = None
+        if self.trainer.is_global_zero:
+            images = self.trainer.datamodule.split("train").images
+            log.info(
+                "incremental GLO: %s features of %d images -> PCA %d -> k-means %d -> %d per cluster, %d stages",
+                self.setting["features"],
+                len(images),
+                self.pca_dim,
+                self.n_clusters,
+                self.k_representatives,
+                self.n_stages,
+            )
+            features = curriculum.extract_features(
+                self.features, images, self.feature_batch_size, self.device
+            )
+            subsets = curriculum.split(
+                features, self.n_stages, self.n_clusters, self.k_representatives, self.pca_dim, self._seed
+            )
+            subset_of = torch.from_numpy(curriculum.stage_of(subsets, len(images)))
+        if self.trainer.world_size > 1:
+            subset_of = self.trainer.strategy.broadcast(subset_of, src=0)
+        return subset_of.to(self.subset_of.device)
+
+    def _write_curriculum(self, path: Path) -> None:
+        record = {
+            **self.setting,
+            "seed": self._seed,
+            "pca_dim": self.pca_dim,
+            "n_clusters": self.n_clusters,
+            "k_representatives": self.k_representatives,
+            "sizes": [len(s) for s in self._subsets],
+            "stages": [
+                {"stage": s.number, "name": s.name, "first_epoch": s.first_epoch, "epochs": s.epochs}
+                for s in self.stages
+            ],
+            "subsets": [s.tolist() for s in self._subsets],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, record)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        stored = state_dict.get(prefix + "subset_of")
+        if stored is not None and stored.shape != self.subset_of.shape:  # built before the data was known
+            self.subset_of = torch.empty_like(stored, device=self.subset_of.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._sampler_stale = self._bn_stale = self._encoder_bn_stale = False
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [
+            torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator, betas=self.betas),
+            torch.optim.Adam(self.encoder.parameters(), lr=self.lr_encoder, betas=self.betas),
+        ]
+
+    def on_train_epoch_start(self) -> None:
+        stage = self.current_stage
+        if self.current_epoch == stage.first_epoch:
+            sizes = self._stage_sizes(stage)
+            log.info(
+                "incremental GLO: stage %d (%s), epochs %d-%d%s",
+                stage.number,
+                stage.name,
+                stage.first_epoch,
+                stage.first_epoch + stage.epochs - 1,
+                f": current subset {sizes[0]} images, previous {sizes[1]}" if stage.kind == "subset" else "",
+            )
+
+    def _stage_sizes(self, stage: Stage) -> tuple[int, int]:
+        """(current subset size, previous subsets' size) of a subset stage."""
+        return len(self._subsets[stage.subset]), sum(len(s) for s in self._subsets[: stage.subset])
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        stage = self.current_stage
+        if stage.kind == "subset":
+            parts = self._subset_step(stage.subset)
+            current, previous = self._stage_sizes(stage)
+            sizes = {"train/current_size": float(current), "train/previous_size": float(previous)}
+            self.log_dict(sizes, batch_size=batch.image.shape[0])
+        elif stage.kind == "whole":
+            parts = self._whole_step(batch)
+        else:
+            parts = self._encoder_step(batch)
+        size = batch.image.shape[0]
+        loss = parts.pop("loss").detach()
+        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=size)
+        self.log_dict(
+            {
+                f"train/loss_{stage.name}": loss,
+                "train/stage": float(stage.number),
+                "train/report_setting": float(self.setting["report_setting"]),
+            },
+            batch_size=size,
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def _draw(self, pool: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        return pool[torch.randperm(len(pool), generator=generator)[:n]]
+
+    def _subset_step(self, subset: int) -> dict[str, Tensor]:
+        """GLO on subset ``subset`` with the codes of the earlier subsets frozen."""
+        # Seeded by the step (and rank): a resumed run draws the same indices as an uninterrupted one.
+        generator = torch.Generator().manual_seed(
+            self._seed * 1_000_003 + self.global_step * 1009 + self.trainer.global_rank
+        )
+        current = self._draw(self._subsets[subset], self.current_batch_size, generator).to(self.device)
+        previous = (
+            self._draw(torch.cat(self._subsets[:subset]), self.previous_batch_size, generator).to(self.device)
+            if subset > 0
+            else current[:0]
+        )
+        x = self.trainer.datamodule.images("train", torch.cat([previous, current]), self.device)
+        z = self.codes.weight[current].detach().requires_grad_(True)  # (b, D): only these codes learn
+        per_image = self.image_loss(
+            self.generator(torch.cat([self.codes.weight[previous], z])), x
+        )  # (p + b,)
+        parts = {"loss_current": per_image[len(previous) :].mean()}
+        if subset == 0:
+            parts["loss"] = parts["loss_current"]
+        else:
+            parts["loss_previous"] = per_image[: len(previous)].mean()
+            parts["loss"] = (
+                self.previous_weight * parts["loss_previous"] + self.current_weight * parts["loss_current"]
+            )
+        self._decoder_update(parts["loss"], current, z)
+        return parts
+
+    def _whole_step(self, batch: Batch) -> dict[str, Tensor]:
+        """All codes, with the continuity term L(G(z + eps), x)."""
+        z = self.codes.weight[batch.index].detach().requires_grad_(True)
+        if not self.continuity_weight:
+            parts = {"loss_clean": self.image_loss(self.generator(z), batch.image).mean()}
+            parts["loss"] = self.clean_weight * parts["loss_clean"]
+        else:
+            noisy = project(z + continuity_noise(z, self.continuity_sigma), self.projection)
+            per_image = self.image_loss(self.generator(torch.cat([z, noisy])), batch.image.repeat(2, 1, 1, 1))
+            clean, noisy_loss = per_image.chunk(2)
+            parts = {"loss_clean": clean.mean(), "loss_continuity": noisy_loss.mean()}
+            parts["loss"] = self.clean_weight * clean.mean() + self.continuity_weight * noisy_loss.mean()
+        self._decoder_update(parts["loss"], batch.index, z)
+        return parts
+
+    def _encoder_step(self, batch: Batch) -> dict[str, Tensor]:
+        """E(x) regresses the learned codes; generator and codes frozen."""
+        error = self.encoder(batch.image) - self.codes.weight[batch.index]  # (B, D)
+        parts = {"encoder_l1": error.abs().mean(), "encoder_l2": error.pow(2).mean()}
+        parts["loss"] = (
+            self.encoder_l1_weight * parts["encoder_l1"] + self.encoder_l2_weight * parts["encoder_l2"]
+        )
+        optimizer = self.optimizers()[1]
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(parts["loss"] + self._unused(self.generator))
+        optimizer.step()
+        self.encoder_steps += 1
+        self._encoder_bn_stale = True
+        return parts
+
+    def _unused(self, net: nn.Module) -> Tensor | float:
+        """0 * (sum of ``net``'s parameters) under DDP, so its reducer sees every parameter in every backward."""
+        if self.trainer.world_size == 1:
+            return 0.0
+        return 0.0 * sum(p.sum() for p in net.parameters())
+
+    def _decoder_update(self, loss: Tensor, index: Tensor, z: Tensor) -> None:
+        """Step the generator, then the codes ``index`` (B,) with the gradient of their leaf copy ``z`` (B, D)."""
+        optimizer = self.optimizers()[0]
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss + self._unused(self.encoder))
+        optimizer.step()
+        grad = z.grad
+        if (
+            self.trainer.world_size > 1
+        ):  # every rank applies every rank's rows: the table stays whole everywhere
+            index = self.all_gather(index).flatten(0, 1)
+            grad = (
+                self.all_gather(grad).flatten(0, 1) / self.trainer.world_size
+            )  # DDP averages G's gradients too
+        self.codes.update(index, grad, self.lr_codes)
+        self._sampler_stale = self._bn_stale = True
+
+    def on_train_epoch_end(self) -> None:
+        # Before ModelCheckpoint's epoch-end save: finished nets are saved calibrated, the decoder with its sampler.
+        if self.current_epoch + 1 >= sum(s.epochs for s in self.stages):
+            self.trainer.should_stop = True  # the schedule is done
+        ends = self._training_ends()
+        if self._bn_stale and (stage_at(self.stages, self.current_epoch + 1).kind == "encoder" or ends):
+            self.finish_decoder()
+        if self._encoder_bn_stale and ends:
+            self.finish_encoder()
+
+    def finish_decoder(self) -> None:
+        """Generator batch-norm statistics recomputed on the codes, and the sampler fitted to them."""
+        codes = self.codes.weight
+        recalibrate_batch_norm(
+            self.generator,
+            shuffled_batches(len(codes), self._batch_size(), lambda i: codes[i.to(codes.device)]),
+        )
+        self.fit_sampler()
+        self._bn_stale = False
+
+    def finish_encoder(self) -> None:
+        """Encoder batch-norm statistics recomputed on the training images."""
+        datamodule = self.trainer.datamodule
+
+        def images(index: Tensor) -> Tensor:
+            return datamodule.images("train", index, self.device)
+
+        n = len(datamodule.split("train"))
+        recalibrate_batch_norm(self.encoder, shuffled_batches(n, self._batch_size(), images))
+        self._encoder_bn_stale = False
+
+    def _batch_size(self) -> int:
+        return getattr(self.trainer.datamodule, "batch_size", 256) if self._trainer is not None else 256
+
+    def _training_ends(self) -> bool:
+        trainer = self.trainer
+        if trainer.should_stop or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps):
+            return True
+        return trainer.max_epochs not in (None, -1) and self.current_epoch + 1 >= trainer.max_epochs
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["incremental_glo"] = {
+            "stage": self.current_stage.name,
+            **self.setting,
+            "sizes": [len(s) for s in self._subsets],
+        }
+
+
+__all__ = ["IncrementalGLO", "Stage", "continuity_noise", "recalibrate_batch_norm", "schedule", "stage_at"]
