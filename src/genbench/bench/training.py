@@ -55,8 +55,9 @@ def lightning_fit(
     per-step parts of ``genbench.train``: the Throughput callback and the loggers; no checkpoints, validation or
     evaluation). Returns the step statistics with peak memory, and the weights the fit started from.
 
-    ``compile_model`` is genbench's ``compile=true`` switch (``torch.compile(model)``, which Lightning applies to
-    ``forward`` only); ``compile_nets`` compiles each child network in place, which ``training_step`` does call.
+    ``compile_model`` is genbench's ``compile=true`` switch, ``torch.compile(model)``: Lightning then runs
+    ``training_step`` through dynamo, with a graph break at every ``self.log``. ``compile_nets`` compiles each child
+    network in place instead, so only the networks' forward passes are compiled.
     """
     timer = StepTimer(device, warmup, steps, stop=stop)
     loggers = [hydra.utils.instantiate(spec) for spec in cfg.logger.values()] if cfg.logger else False

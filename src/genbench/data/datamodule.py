@@ -90,7 +90,7 @@ class ImageDataModule(pl.LightningDataModule):
     def images(self, split: str, index: torch.Tensor | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         """Float images in [0, 1] of ``split`` at ``index`` (all when None), gathered on ``device``."""
         store = self._device_store(split, torch.device(device))
-        picked = store if index is None else store[index.to(store.device)]
+        picked = store if index is None else store.index_select(0, index.to(store.device))
         return picked.float().div_(255.0)
 
     def _device_store(self, split: str, device: torch.device) -> torch.Tensor:
@@ -156,7 +156,8 @@ class ImageDataModule(pl.LightningDataModule):
             split = "train" if self.trainer is None or self.trainer.training else "test"
             store = self._device_store(split, batch.device)
             labels = self._device_labels(split, batch.device)
-            return Batch(store[batch].float().div_(255.0), labels[batch], batch)
+            # index_select: a gather several times faster than advanced indexing on large images
+            return Batch(store.index_select(0, batch).float().div_(255.0), labels.index_select(0, batch), batch)
         image, label, index = batch
         return Batch(image.float().div_(255.0), label, index)
 

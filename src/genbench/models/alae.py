@@ -213,6 +213,6 @@ class ALAE(GenerativeModel):
         encoder_side = [*self.encoder.parameters(), *self.discriminator.parameters()]
         generator_side = [*self.mapping.parameters(), *self.generator.parameters()]
         return [
-            torch.optim.Adam(encoder_side, lr=self.lr_encoder, betas=self.betas),
-            torch.optim.Adam(generator_side, lr=self.lr_generator, betas=self.betas),
+            torch.optim.Adam(encoder_side, lr=self.lr_encoder, betas=self.betas, fused=True),
+            torch.optim.Adam(generator_side, lr=self.lr_generator, betas=self.betas, fused=True),
         ]

@@ -335,7 +335,7 @@ class GLO(GenerativeModel):
     # -- training ------------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name == "adam":
-            return torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator, betas=self.betas)
+            return torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator, betas=self.betas, fused=True)
         return torch.optim.SGD(self.generator.parameters(), lr=self.lr_generator, momentum=self.momentum)
 
     def on_train_epoch_start(self) -> None:

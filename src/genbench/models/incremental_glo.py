@@ -400,8 +400,8 @@ class IncrementalGLO(GenerativeModel):
     # -- training ------------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
-            torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator, betas=self.betas),
-            torch.optim.Adam(self.encoder.parameters(), lr=self.lr_encoder, betas=self.betas),
+            torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator, betas=self.betas, fused=True),
+            torch.optim.Adam(self.encoder.parameters(), lr=self.lr_encoder, betas=self.betas, fused=True),
         ]
 
     def on_train_epoch_start(self) -> None:

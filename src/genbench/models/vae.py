@@ -103,4 +103,4 @@ class VAE(GenerativeModel):
         self.log_dict({f"val/{k}": v for k, v in parts.items()}, sync_dist=True, batch_size=batch.image.shape[0])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas, fused=True)
