@@ -58,7 +58,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
-    common = ["trainer.accelerator=cpu", "logger=none", "eval=none", "data.batch_size=128"]
+    common = ["model=vae", "trainer.accelerator=cpu", "logger=none", "eval=none", "data.batch_size=128"]
     train(compose_config([*common, "trainer.max_epochs=2"], tmp_path / "full"))
     train(compose_config([*common, "trainer.max_epochs=1"], tmp_path / "part"))
     resumed = tmp_path / "resumed"
@@ -72,7 +72,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_incompatible_checkpoint_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
-    common = ["trainer.accelerator=cpu", "logger=none", "eval=none", "trainer.max_epochs=1"]
+    common = ["model=vae", "trainer.accelerator=cpu", "logger=none", "eval=none", "trainer.max_epochs=1"]
     train(compose_config(common, tmp_path / "a"))
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(IncompatibleCheckpoint, match="latent_dim=16 in the checkpoint, 8 now"):

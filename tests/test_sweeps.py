@@ -18,7 +18,6 @@ import hydra
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import InstantiationException
 
 import fake_slurm
 from genbench.distributed import LocalRanks, WorkerFailed
@@ -28,12 +27,6 @@ from helpers import compose_config
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
 TINY = ["trainer.max_epochs=1", "eval=none", "logger=none"]
-GLANN_SAMPLER_BLOCK = pytest.mark.xfail(
-    raises=InstantiationException,
-    strict=True,
-    reason="glann_mnist_glo.yaml sets model.sampler.noise_dim/epochs (IMLE-only keys, equal to imle.yaml's defaults), "
-    "so model/sampler=gaussian fails on them; drop that block from the experiment and remove this mark",
-)
 # The jobs of the sweeps in experiments/*.md that reproduce published columns: (overrides, model, sampler, data).
 TABLE_JOBS = [
     *[
@@ -46,7 +39,6 @@ TABLE_JOBS = [
             "glo",
             sampler,
             data,
-            marks=[GLANN_SAMPLER_BLOCK] if sampler == "gaussian" else [],
         )
         for data in ("mnist", "fashion_mnist", "celeba")
         for sampler in ("gaussian", "imle")

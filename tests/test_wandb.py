@@ -80,6 +80,7 @@ def read_offline_run(run_dir: Path) -> dict:
 def test_sweep_jobs_get_their_own_grouped_runs(tmp_path, wandb_offline):
     """-m seed=0,1 runs both jobs in one process: two W&B runs, one group, tags, losses, metrics, pictures, config."""
     overrides = [
+        "model=vae",
         "logger=wandb",
         "trainer.max_epochs=1",
         "trainer.log_every_n_steps=5",
