@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config
 
 from genbench.checkpoints import IncompatibleCheckpoint
 from genbench.train import train
+from helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 

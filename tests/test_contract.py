@@ -8,9 +8,9 @@ import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import CONF, compose_config
 
 from genbench.interface import EncoderUnavailable, GenerativeModel
+from helpers import CONF, compose_config
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 

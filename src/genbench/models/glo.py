@@ -37,6 +37,7 @@ from genbench.data.sampler import partition_indices
 from genbench.interface import GenerativeModel
 from genbench.inversion import best_of_candidates, invert
 from genbench.latent import PROJECTIONS, LatentSampler, project
+from genbench.nets.batchnorm import recalibrate_batch_norm
 
 log = logging.getLogger(__name__)
 
@@ -424,25 +425,15 @@ class GLO(GenerativeModel):
         BN") on a fixed random subset of at most ``max_codes`` codes (plenty for per-channel statistics).
         Deterministic, so every DDP rank computes the same statistics.
         """
-        norms = [m for m in self.generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms or len(self.codes) == 0:
+        if len(self.codes) == 0:
             return
         if batch_size is None:
             datamodule = self.trainer.datamodule if self._trainer is not None else None
             batch_size = getattr(datamodule, "batch_size", 256)
-        was_training, momenta = self.generator.training, [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the pass
-        self.generator.train()
         codes = self.codes.weight
-        order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))[:max_codes]
-        order = order.to(codes.device)
-        for start in range(0, len(order), batch_size):
-            self.generator(codes[order[start : start + batch_size]])
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        self.generator.train(was_training)
+        order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))[:max_codes].to(codes.device)
+        batches = (codes[order[start : start + batch_size]] for start in range(0, len(order), batch_size))
+        recalibrate_batch_norm(self.generator, batches)
 
     def fit_sampler(self) -> None:
         """Fit the sampler to the (whole) code table."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from genbench.inversion import invert
 from genbench.io import write_json
 from genbench.latent import PROJECTIONS, LatentSampler, project
 from genbench.models.glo import CodeTable, pca_codes
+from genbench.nets.batchnorm import recalibrate_batch_norm
 from genbench.nets.pretrained import ResNet50Features, VGG16Blocks
 from genbench.perceptual import PerceptualLoss
 
@@ -91,28 +92,6 @@ def continuity_noise(z: Tensor, sigma: float) -> Tensor:
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(net: nn.Module, batches: Iterable[Tensor]) -> None:
-    """Recompute ``net``'s batch-norm running statistics as a cumulative average over ``batches`` in train mode.
-
-    As ``GLO.recalibrate_batch_norm`` ("precise BN"): after training, the running averages (momentum 0.1) still
-    hold much of their initial state; one pass over the training inputs with the final weights fixes eval mode.
-    Deterministic for fixed batches, so DDP ranks end with the same statistics.
-    """
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    was_training, momenta = net.training, [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the pass
-    net.train()
-    for inputs in batches:
-        net(inputs)
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    net.train(was_training)
-
-
 def shuffled_batches(n: int, batch_size: int, fetch: Callable[[Tensor], Tensor]) -> Iterator[Tensor]:
     """``fetch(index)`` for the batches of a fixed (seed 0) permutation of range(n)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
@@ -578,4 +557,4 @@ class IncrementalGLO(GenerativeModel):
         }
 
 
-__all__ = ["IncrementalGLO", "Stage", "continuity_noise", "recalibrate_batch_norm", "schedule", "stage_at"]
+__all__ = ["IncrementalGLO", "Stage", "continuity_noise", "schedule", "stage_at"]

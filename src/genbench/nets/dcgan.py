@@ -72,7 +72,7 @@ class DCGANGenerator(nn.Module):
         return torch.sigmoid(y)
 
 
-__all__ = ["DCGANGenerator"]
+__all__ = ["DCGANEncoder", "DCGANGenerator"]
 
 
 class DCGANEncoder(nn.Module):
@@ -110,4 +110,3 @@ class DCGANEncoder(nn.Module):
         return self.head(self.features(x))
 
 
-__all__ += ["DCGANEncoder"]
