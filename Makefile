@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help install test-deps test test-slow lint format run bench leaderboard clean
 
@@ -35,7 +36,7 @@ run:  ## train the default model on the embedded default dataset
 	$(PY) -m genbench
 
 bench:  ## throughput and memory benchmark (writes bench.json)
-	$(PY) -m genbench.bench
+	$(PY) -m genbench.bench $(BENCH_ARGS)
 
 leaderboard:  ## rank finished runs under outputs/ and multirun/
 	$(PY) -m genbench.leaderboard outputs multirun
