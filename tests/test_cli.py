@@ -21,7 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "GENBENCH_CACHE": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "genbench", *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "genbench", *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -29,7 +34,13 @@ def test_default_run_writes_every_file(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli("trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("config.yaml", "checkpoints/last.ckpt", "metrics.json", "samples.png", "reconstructions.png"):
+    for name in (
+        "config.yaml",
+        "checkpoints/last.ckpt",
+        "metrics.json",
+        "samples.png",
+        "reconstructions.png",
+    ):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["data"] == "digits" and metrics["seed"] == 0
@@ -53,7 +64,9 @@ def test_unknown_config_key_fails(tmp_path):
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):

@@ -29,8 +29,15 @@ def test_model_contract_after_a_few_steps(name, tmp_path: Path, monkeypatch):
     model = hydra.utils.instantiate(cfg.model)
     assert isinstance(model, GenerativeModel)
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0, num_sanity_val_steps=0,
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=datamodule)
     model.eval()

@@ -17,9 +17,7 @@ from genbench.data.sources import CelebASource, DigitsSource, FrogsSource, IDXSo
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-@pytest.mark.parametrize(
-    "folder,test_counts", [("MNIST", MNIST_TEST_COUNTS), ("FashionMNIST", [1000] * 10)]
-)
+@pytest.mark.parametrize("folder,test_counts", [("MNIST", MNIST_TEST_COUNTS), ("FashionMNIST", [1000] * 10)])
 def test_idx_datasets_load_with_known_counts(shared_data, folder, test_counts):
     source = IDXSource(shared_data, image_size=28, folder=folder)
     train, test = source.load("train"), source.load("test")
@@ -68,7 +66,9 @@ def test_datamodule_batches_by_index_on_device(tmp_path):
 
 
 def test_classic_dataloader_path_yields_same_batch_type(tmp_path):
-    dm = ImageDataModule("digits", DigitsSource, None, 16, 1, batch_size=32, cache_dir=str(tmp_path), device_resident=False)
+    dm = ImageDataModule(
+        "digits", DigitsSource, None, 16, 1, batch_size=32, cache_dir=str(tmp_path), device_resident=False
+    )
     image, label, index = next(iter(dm.train_dataloader()))
     batch = dm.on_after_batch_transfer((image, label, index), 0)
     assert torch.equal(batch.image, dm.split("train").images[batch.index].float() / 255)
@@ -127,7 +127,12 @@ def test_count_disagrees_with_header(tmp_path):
 
 def test_truncated_gzip(tmp_path):
     path = tmp_path / "x.gz"
-    _write_idx(path, IMAGES_MAGIC, (50, 28, 28), np.random.default_rng(0).integers(0, 256, 50 * 784, dtype=np.uint8).tobytes())
+    _write_idx(
+        path,
+        IMAGES_MAGIC,
+        (50, 28, 28),
+        np.random.default_rng(0).integers(0, 256, 50 * 784, dtype=np.uint8).tobytes(),
+    )
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(DataError, match="not a complete gzip"):
         read_idx(path, IMAGES_MAGIC)

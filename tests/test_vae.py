@@ -80,8 +80,14 @@ def test_loss_falls_on_digits(tmp_path, divergence, likelihood, beta):
     with torch.no_grad():
         before = model._losses(x)["loss"].item()
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
+        accelerator="cpu",
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
     )
     trainer.fit(model, datamodule=dm)
     with torch.no_grad():

@@ -30,11 +30,17 @@ def check_compatible(path: str | Path, config: dict[str, Any]) -> None:
     problems = []
     for key in ("_target_",):
         if stored["model"].get(key) != config["model"].get(key):
-            problems.append(f"model {stored['model'].get(key)} in the checkpoint, {config['model'].get(key)} now")
+            problems.append(
+                f"model {stored['model'].get(key)} in the checkpoint, {config['model'].get(key)} now"
+            )
     for key in ("name", "image_size", "channels"):
         if stored["data"].get(key) != config["data"].get(key):
-            problems.append(f"data.{key}={stored['data'].get(key)} in the checkpoint, {config['data'].get(key)} now")
+            problems.append(
+                f"data.{key}={stored['data'].get(key)} in the checkpoint, {config['data'].get(key)} now"
+            )
     if stored["model"].get("latent_dim") != config["model"].get("latent_dim"):
-        problems.append(f"model.latent_dim={stored['model'].get('latent_dim')} in the checkpoint, {config['model'].get('latent_dim')} now")
+        problems.append(
+            f"model.latent_dim={stored['model'].get('latent_dim')} in the checkpoint, {config['model'].get('latent_dim')} now"
+        )
     if problems:
         raise IncompatibleCheckpoint(f"cannot resume from {path}: " + "; ".join(problems))

@@ -29,7 +29,16 @@ log = logging.getLogger(__name__)
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    names = ["torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics", "torch-fidelity", "wandb", "numpy"]
+    names = [
+        "torch",
+        "torchvision",
+        "pytorch-lightning",
+        "hydra-core",
+        "torchmetrics",
+        "torch-fidelity",
+        "wandb",
+        "numpy",
+    ]
     versions = {"python": sys.version.split()[0], "genbench": md.version("genbench")}
     for name in names:
         try:
@@ -49,21 +58,37 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path, resolved: dict[str, Any]) -> tuple[list[pl.Callback], Throughput, Evaluation]:
+def build_callbacks(
+    cfg: DictConfig, run_dir: Path, resolved: dict[str, Any]
+) -> tuple[list[pl.Callback], Throughput, Evaluation]:
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
     throughput = Throughput()
-    evaluators = {name: hydra.utils.instantiate(spec) for name, spec in cfg.eval.evaluators.items() if spec is not None}
+    evaluators = {
+        name: hydra.utils.instantiate(spec) for name, spec in cfg.eval.evaluators.items() if spec is not None
+    }
     evaluation = Evaluation(evaluators, run_dir, seed=cfg.seed, every_n_epochs=cfg.eval.every_n_epochs)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
-    callbacks: list[pl.Callback] = [throughput, RNGState(), ConfigInCheckpoint(resolved), checkpoint, evaluation]
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
+    )
+    callbacks: list[pl.Callback] = [
+        throughput,
+        RNGState(),
+        ConfigInCheckpoint(resolved),
+        checkpoint,
+        evaluation,
+    ]
     callbacks.append(TQDMProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochSummary())
     return callbacks, throughput, evaluation
 
 
-def final_metrics(cfg: DictConfig, trainer: pl.Trainer, throughput: Throughput, evaluation: Evaluation, model) -> dict[str, Any]:
+def final_metrics(
+    cfg: DictConfig, trainer: pl.Trainer, throughput: Throughput, evaluation: Evaluation, model
+) -> dict[str, Any]:
     """The flat record written to metrics.json."""
-    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.endswith("_step")}
+    logged = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.endswith("_step")
+    }
     return {
         "status": "finished",
         "model": cfg.model_name,

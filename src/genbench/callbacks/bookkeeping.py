@@ -77,7 +77,12 @@ class RNGState(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         # numpy's state as tensors and numbers, so Lightning's weights_only checkpoint loading accepts it
         _, keys, pos, has_gauss, cached = np.random.get_state()
-        numpy_state = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
+        numpy_state = {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        }
         state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -92,7 +97,9 @@ class RNGState(pl.Callback):
         state_dict, self._pending = self._pending, None
         torch.set_rng_state(state_dict["torch"])
         n = state_dict["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+        np.random.set_state(
+            ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+        )
         random.setstate(state_dict["python"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
@@ -119,4 +126,10 @@ class EpochSummary(pl.Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith("_step"))
-        log.info("epoch %d/%s (%.1fs) %s", trainer.current_epoch + 1, trainer.max_epochs, time.perf_counter() - self._start, shown)
+        log.info(
+            "epoch %d/%s (%.1fs) %s",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            time.perf_counter() - self._start,
+            shown,
+        )

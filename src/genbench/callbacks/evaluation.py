@@ -16,8 +16,16 @@ log = logging.getLogger(__name__)
 
 
 def run_evaluators(
-    evaluators: dict[str, Evaluator], model, datamodule, run_dir: Path, device: torch.device, seed: int, final: bool,
-    rank: int = 0, world_size: int = 1, collectives: Collectives | None = None,
+    evaluators: dict[str, Evaluator],
+    model,
+    datamodule,
+    run_dir: Path,
+    device: torch.device,
+    seed: int,
+    final: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    collectives: Collectives | None = None,
 ) -> tuple[dict[str, Any], EvalContext]:
     """Run every evaluator under no_grad in eval mode; return (flat metrics + records, context with pictures).
 
@@ -25,10 +33,19 @@ def run_evaluators(
     no rank waits in one while rank 0 draws pictures); the others run on rank 0 only. Results are rank 0's.
     """
     ctx = EvalContext(
-        model=model, datamodule=datamodule, run_dir=run_dir, device=device, seed=seed, final=final,
-        rank=rank, world_size=world_size, collectives=collectives,
+        model=model,
+        datamodule=datamodule,
+        run_dir=run_dir,
+        device=device,
+        seed=seed,
+        final=final,
+        rank=rank,
+        world_size=world_size,
+        collectives=collectives,
     )
-    order = sorted(evaluators.items(), key=lambda item: not is_sharded(item[1]))  # stable: config order within
+    order = sorted(
+        evaluators.items(), key=lambda item: not is_sharded(item[1])
+    )  # stable: config order within
     was_training = model.training
     model.eval()
     results: dict[str, Any] = {}
@@ -59,7 +76,9 @@ class Evaluation(pl.Callback):
     """Final (and periodic) evaluation. Under DDP sharded evaluators run on every rank, the others on global
     rank 0; final results land in rank 0's ``self.results``."""
 
-    def __init__(self, evaluators: dict[str, Evaluator], run_dir: str | Path, seed: int = 0, every_n_epochs: int = 0) -> None:
+    def __init__(
+        self, evaluators: dict[str, Evaluator], run_dir: str | Path, seed: int = 0, every_n_epochs: int = 0
+    ) -> None:
         self.evaluators = evaluators
         self.run_dir = Path(run_dir)
         self.seed = seed
@@ -69,8 +88,16 @@ class Evaluation(pl.Callback):
     def _run(self, trainer: pl.Trainer, pl_module, final: bool) -> dict[str, Any]:
         distributed = trainer.world_size > 1
         results, ctx = run_evaluators(
-            self.evaluators, pl_module, trainer.datamodule, self.run_dir, pl_module.device, self.seed, final,
-            trainer.global_rank, trainer.world_size, trainer.strategy if distributed else None,
+            self.evaluators,
+            pl_module,
+            trainer.datamodule,
+            self.run_dir,
+            pl_module.device,
+            self.seed,
+            final,
+            trainer.global_rank,
+            trainer.world_size,
+            trainer.strategy if distributed else None,
         )
         if not trainer.is_global_zero:
             return {}

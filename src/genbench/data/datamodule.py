@@ -67,7 +67,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.name = name
         self.source = source(root=root, image_size=image_size, download=download)
         if self.source.channels != channels:
-            raise ValueError(f"data.channels={channels} but {name} images have {self.source.channels} channels")
+            raise ValueError(
+                f"data.channels={channels} but {name} images have {self.source.channels} channels"
+            )
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.device_resident, self.num_workers = device_resident, num_workers
@@ -84,10 +86,14 @@ class ImageDataModule(pl.LightningDataModule):
             arrays = self._splits[name]
             expected = (self.channels, self.image_size, self.image_size)
             if len(arrays) and tuple(arrays.images.shape[1:]) != expected:
-                raise DataError(f"{self.name} {name} images have shape {tuple(arrays.images.shape[1:])}, expected {expected}")
+                raise DataError(
+                    f"{self.name} {name} images have shape {tuple(arrays.images.shape[1:])}, expected {expected}"
+                )
         return self._splits[name]
 
-    def images(self, split: str, index: torch.Tensor | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    def images(
+        self, split: str, index: torch.Tensor | None = None, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """Float images in [0, 1] of ``split`` at ``index`` (all when None), gathered on ``device``."""
         store = self._device_store(split, torch.device(device))
         picked = store if index is None else store.index_select(0, index.to(store.device))
@@ -107,7 +113,9 @@ class ImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         train = self.split("train")
         if len(train) < self.batch_size:
-            raise DataError(f"{self.name}: the train split has {len(train)} images, fewer than batch_size={self.batch_size}")
+            raise DataError(
+                f"{self.name}: the train split has {len(train)} images, fewer than batch_size={self.batch_size}"
+            )
 
     def _rank_info(self) -> tuple[int, int, torch.device]:
         trainer = self.trainer
@@ -121,11 +129,19 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size = self.batch_size if train else self.eval_batch_size
         if self.device_resident:
             sampler = IndexBatchSampler(
-                len(arrays), batch_size, shuffle=train, drop_last=train, seed=self.seed,
-                rank=rank, world_size=world, device=lambda: self._rank_info()[2],
+                len(arrays),
+                batch_size,
+                shuffle=train,
+                drop_last=train,
+                seed=self.seed,
+                rank=rank,
+                world_size=world,
+                device=lambda: self._rank_info()[2],
                 epoch_source=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
             )
-            return DataLoader(_Identity(), sampler=sampler, batch_size=None, num_workers=0, generator=self._loader_rng())
+            return DataLoader(
+                _Identity(), sampler=sampler, batch_size=None, num_workers=0, generator=self._loader_rng()
+            )
         dataset = _Samples(arrays)
         if world > 1:
             sampler = DistributedSampler(dataset, world, rank, shuffle=train, seed=self.seed, drop_last=train)
@@ -134,8 +150,14 @@ class ImageDataModule(pl.LightningDataModule):
         else:
             sampler = SequentialSampler(dataset)
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=self.num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=self.num_workers > 0, generator=self._loader_rng(),
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=self.num_workers > 0,
+            generator=self._loader_rng(),
         )
 
     def _loader_rng(self) -> torch.Generator:
@@ -157,7 +179,9 @@ class ImageDataModule(pl.LightningDataModule):
             store = self._device_store(split, batch.device)
             labels = self._device_labels(split, batch.device)
             # index_select: a gather several times faster than advanced indexing on large images
-            return Batch(store.index_select(0, batch).float().div_(255.0), labels.index_select(0, batch), batch)
+            return Batch(
+                store.index_select(0, batch).float().div_(255.0), labels.index_select(0, batch), batch
+            )
         image, label, index = batch
         return Batch(image.float().div_(255.0), label, index)
 

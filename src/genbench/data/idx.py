@@ -36,7 +36,9 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
         raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes).")
     magic = int.from_bytes(raw[:4], "big")
     if magic != expected_magic:
-        raise DataError(f"{path} has IDX magic number {magic}, expected {expected_magic}: wrong or corrupt file.")
+        raise DataError(
+            f"{path} has IDX magic number {magic}, expected {expected_magic}: wrong or corrupt file."
+        )
     ndim = raw[3]
     header_len = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))

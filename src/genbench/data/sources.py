@@ -35,7 +35,9 @@ class ImageArrays:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError("labels must have one entry per image")
 
@@ -47,7 +49,9 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize (N, C, H, W) uint8 images to size x size with antialiased bilinear filtering."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -226,7 +230,9 @@ def _decode_folder(paths: list[Path], crop: int | None, size: int) -> torch.Tens
             arrays = list(pool.map(one, paths[start : start + 512]))
             shapes = {a.shape for a in arrays}
             if len(shapes) > 1:
-                raise DataError(f"images under {paths[0].parent} differ in size ({sorted(shapes)[:3]}); set a crop")
+                raise DataError(
+                    f"images under {paths[0].parent} differ in size ({sorted(shapes)[:3]}); set a crop"
+                )
             batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
             chunks.append(resize_uint8(batch, size))
     return torch.cat(chunks)
@@ -336,7 +342,11 @@ class FrogsSource(ImageSource):
         _check_split(split)
         paths = self._all_paths()
         if split == "test" and len(paths) <= self.n_train:
-            log.warning("frogs: only %d images, all in train (n_train=%d); the test split is empty", len(paths), self.n_train)
+            log.warning(
+                "frogs: only %d images, all in train (n_train=%d); the test split is empty",
+                len(paths),
+                self.n_train,
+            )
         return paths[: self.n_train] if split == "train" else paths[self.n_train :]
 
     def load(self, split: str) -> ImageArrays:
@@ -345,4 +355,6 @@ class FrogsSource(ImageSource):
         return ImageArrays(images, torch.full((len(paths),), -1, dtype=torch.int64))
 
     def fingerprint(self, split: str) -> str:
-        return f"frogs:{split}:{self.image_size}:{self.n_train}:" + _file_fingerprint(self._split_paths(split))
+        return f"frogs:{split}:{self.image_size}:{self.n_train}:" + _file_fingerprint(
+            self._split_paths(split)
+        )

@@ -53,6 +53,8 @@ class ReconstructionGrid:
         x_hat = ctx.model.reconstruct(x, index if split == "train" else None)
         c, h, w = x.shape[1:]
         # (rows, 2, columns, C, H, W): each originals row followed by its reconstructions row
-        paired = torch.stack([x.view(rows, self.columns, c, h, w), x_hat.view(rows, self.columns, c, h, w)], dim=1)
+        paired = torch.stack(
+            [x.view(rows, self.columns, c, h, w), x_hat.view(rows, self.columns, c, h, w)], dim=1
+        )
         save_grid(ctx, "reconstructions", paired.reshape(-1, c, h, w), nrow=self.columns)
         return {}

@@ -30,7 +30,9 @@ def reconstruction_mse(ctx: EvalContext, split: str, n_images: int | None, batch
 class ReconstructionMSE:
     """``recon_mse_train`` and ``recon_mse_test``; periodic runs use ``periodic_n_images``."""
 
-    def __init__(self, n_images: int | None = 10000, periodic_n_images: int = 1000, batch_size: int = 500) -> None:
+    def __init__(
+        self, n_images: int | None = 10000, periodic_n_images: int = 1000, batch_size: int = 500
+    ) -> None:
         self.n_images, self.periodic_n_images, self.batch_size = n_images, periodic_n_images, batch_size
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:

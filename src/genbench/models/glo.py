@@ -336,7 +336,9 @@ class GLO(GenerativeModel):
     # -- training ------------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name == "adam":
-            return torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator, betas=self.betas, fused=True)
+            return torch.optim.Adam(
+                self.generator.parameters(), lr=self.lr_generator, betas=self.betas, fused=True
+            )
         return torch.optim.SGD(self.generator.parameters(), lr=self.lr_generator, momentum=self.momentum)
 
     def on_train_epoch_start(self) -> None:
@@ -431,7 +433,9 @@ class GLO(GenerativeModel):
             datamodule = self.trainer.datamodule if self._trainer is not None else None
             batch_size = getattr(datamodule, "batch_size", 256)
         codes = self.codes.weight
-        order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))[:max_codes].to(codes.device)
+        order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))[:max_codes].to(
+            codes.device
+        )
         batches = (codes[order[start : start + batch_size]] for start in range(0, len(order), batch_size))
         recalibrate_batch_norm(self.generator, batches)
 

@@ -41,7 +41,12 @@ class VAE(GenerativeModel):
         if mmd_kernel not in losses.KERNELS:
             raise ValueError(f"mmd_kernel must be one of {sorted(losses.KERNELS)}, got {mmd_kernel!r}")
         self.latent_dim = latent_dim
-        self.divergence, self.likelihood, self.beta, self.mmd_kernel = divergence, likelihood, beta, mmd_kernel
+        self.divergence, self.likelihood, self.beta, self.mmd_kernel = (
+            divergence,
+            likelihood,
+            beta,
+            mmd_kernel,
+        )
         self.lr, self.betas = lr, tuple(betas)
         heads = 2 if divergence == "kl" else 1  # (mu, logvar) or mu only
         self.encoder = encoder(out_features=heads * latent_dim)
@@ -55,7 +60,12 @@ class VAE(GenerativeModel):
         return torch.sigmoid(self.decoder(z))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device if generator is None else generator.device)
+        z = torch.randn(
+            n,
+            self.latent_dim,
+            generator=generator,
+            device=self.device if generator is None else generator.device,
+        )
         return self.decode(z.to(self.device))
 
     def reconstruct(self, x: Tensor, index: Tensor | None = None) -> Tensor:
@@ -87,7 +97,9 @@ class VAE(GenerativeModel):
         loss = recon + self.beta * reg
         out = {"loss": loss, "recon": recon, self.divergence: reg}
         if self.divergence == "kl":
-            out["elbo"] = -(recon + reg)  # the ELBO per image (nats) when beta = 1 and the likelihood is Bernoulli
+            out["elbo"] = -(
+                recon + reg
+            )  # the ELBO per image (nats) when beta = 1 and the likelihood is Bernoulli
         return out
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -100,7 +112,9 @@ class VAE(GenerativeModel):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         parts = self._losses(batch.image)
-        self.log_dict({f"val/{k}": v for k, v in parts.items()}, sync_dist=True, batch_size=batch.image.shape[0])
+        self.log_dict(
+            {f"val/{k}": v for k, v in parts.items()}, sync_dist=True, batch_size=batch.image.shape[0]
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas, fused=True)

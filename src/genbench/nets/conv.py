@@ -18,7 +18,9 @@ def base_grid(image_size: int) -> tuple[int, int]:
         blocks = math.log2(image_size / base)
         if blocks >= 1 and blocks == int(blocks):
             return base, int(blocks)
-    raise ValueError(f"image size {image_size} is not 4 or 7 times a power of two (supported: 16, 28, 32, 64, 128)")
+    raise ValueError(
+        f"image size {image_size} is not 4 or 7 times a power of two (supported: 16, 28, 32, 64, 128)"
+    )
 
 
 def _widths(base_width: int, blocks: int, max_width: int) -> list[int]:
@@ -29,7 +31,12 @@ class ConvEncoder(nn.Module):
     """(N, C, S, S) images -> (N, out_features) via stride-2 convs (kernel 4) and a linear head."""
 
     def __init__(
-        self, channels: int, image_size: int, out_features: int, base_width: int = 32, max_width: int = 256,
+        self,
+        channels: int,
+        image_size: int,
+        out_features: int,
+        base_width: int = 32,
+        max_width: int = 256,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
@@ -57,7 +64,12 @@ class ConvDecoder(nn.Module):
     """
 
     def __init__(
-        self, channels: int, image_size: int, in_features: int, base_width: int = 32, max_width: int = 256,
+        self,
+        channels: int,
+        image_size: int,
+        in_features: int,
+        base_width: int = 32,
+        max_width: int = 256,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()

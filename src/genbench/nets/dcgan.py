@@ -108,5 +108,3 @@ class DCGANEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
-
-
