@@ -17,6 +17,7 @@ projection by the model that owns them.
 
 from __future__ import annotations
 
+import abc
 import logging
 
 import torch
@@ -45,7 +46,7 @@ def _noise(n: int, dim: int, generator: torch.Generator | None, device: torch.de
     return torch.randn(n, dim, generator=generator, device=where).to(device)
 
 
-class LatentSampler(nn.Module):
+class LatentSampler(nn.Module, abc.ABC):
     """Base: ``fit(codes)`` then ``sample(n, generator)``. ``fitted`` is a buffer so checkpoints carry it."""
 
     name = "base"
@@ -65,9 +66,9 @@ class LatentSampler(nn.Module):
         """Learn from codes (N, D). The base sampler has nothing to learn."""
         self.fitted.fill_(True)
 
+    @abc.abstractmethod
     def draw(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """(n, D) codes before projection."""
-        raise NotImplementedError
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """(n, D) codes on the sampler's device, projected like the training codes."""
