@@ -63,3 +63,20 @@ def test_model_contract_after_a_few_steps(name, tmp_path: Path, monkeypatch):
         if codes is not None:
             assert codes.shape == (5, model.latent_dim)
     assert isinstance(model.sampler_name, str) and model.sampler_name
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name, tmp_path: Path):
+    """Experiment configs only override keys that exist (Hydra's struct mode rejects typos)."""
+    cfg = compose_config([f"experiment={name}"], tmp_path)
+    assert cfg.model._target_.startswith("genbench.models.")
+    assert cfg.trainer.max_epochs > 0
+
+
+def test_posts_two_dimensional_settings(tmp_path: Path):
+    cfg = compose_config(["experiment=mmd_vae_fashion_mnist_2d"], tmp_path)
+    assert (cfg.model.latent_dim, cfg.model.lr, cfg.trainer.max_epochs) == (2, 1.0e-4, 50)
+    assert (cfg.model.divergence, cfg.model.likelihood, cfg.data.name) == ("mmd", "gaussian", "fashion_mnist")
