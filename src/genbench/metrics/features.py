@@ -165,12 +165,12 @@ def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
             return None
 
     with tempfile.TemporaryDirectory() as tmp:
-        placeholder = Path(tmp) / "empty.pt"
-        torch.save({}, placeholder)  # __init__ torch.loads a file before the (skipped) load
+        empty_state = Path(tmp) / "empty.pt"
+        torch.save({}, empty_state)  # __init__ torch.loads a file before the (skipped) load
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             graph = _GraphOnly(
-                "inception-random", [INCEPTION_FEATURE], feature_extractor_weights_path=str(placeholder)
+                "inception-random", [INCEPTION_FEATURE], feature_extractor_weights_path=str(empty_state)
             )
     torch_save(graph.state_dict(), path)  # atomic: never a half file under the real weights' name
     return Path(path)
