@@ -57,6 +57,33 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         """Name of the sampler ``sample`` uses; generative metrics are recorded under it."""
         return "prior"
 
+    def log_train_step(self, metrics: dict[str, Tensor | float], batch_size: int, batch_idx: int) -> None:
+        """Log a training step's ``train/...`` scalars (``train/loss`` also on the progress bar), only on the steps
+        whose values reach the loggers (every ``trainer.log_every_n_steps``) and on an epoch's last batch (so
+        ``callback_metrics`` end each epoch fresh).
+
+        Why: Lightning spends ~0.3 ms of Python per logged key per step (measured on a 2-core CPU), while the
+        on-step values of the other steps are discarded unread: at 5-10 keys that is 5-15% of a small model's
+        step. Outside a Trainer (the benchmark's plain loop, Fabric) every call is passed to the host.
+        """
+        if not self._logs_this_step(batch_idx):
+            return
+        bar = {k: v for k, v in metrics.items() if k == "train/loss"}
+        if bar:
+            self.log_dict(bar, prog_bar=True, batch_size=batch_size)
+        rest = {k: v for k, v in metrics.items() if k != "train/loss"}
+        if rest:
+            self.log_dict(rest, batch_size=batch_size)
+
+    def _logs_this_step(self, batch_idx: int) -> bool:
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return True
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return True
+        connector = getattr(trainer, "_logger_connector", None)  # Lightning's own "does this step log" rule
+        return bool(getattr(connector, "should_update_logs", True))
+
 
 class EncoderUnavailable(RuntimeError):
     """Raised by ``encode`` on models that cannot map an image to a code."""

@@ -23,7 +23,6 @@ import torch
 from genbench.bench import configs, training
 from genbench.bench.evaluation import fid_against_torch_fidelity, inception_throughput, sampling_throughput
 from genbench.bench.timing import step_stats
-from genbench.interface import GenerativeModel
 
 log = logging.getLogger(__name__)
 
@@ -88,32 +87,25 @@ def bench_model(
         "model_class": type(model).__name__,
         "automatic_optimization": model.automatic_optimization,
     }
-    # Lightning first: its fit runs the model's setup (GLO sizes and initialises its codes), and the plain loop's
-    # model starts from the weights that fit started from. Repeats alternate, so a neighbour's burst hits both.
+    # Lightning first: its fit runs the model's setup (GLO sizes and initialises its codes, incremental GLO splits
+    # its curriculum). The plain loop then drives the same model object with fresh optimisers, its weights reset to
+    # those the fit started from. Repeats alternate, so a neighbour's burst hits both paths.
     stats, start_state = training.lightning_fit(cfg, model, resident, device, args.warmup, args.steps)
-    lightning_runs = [stats]
-    plain_model = attempt(functools.partial(_plain_model, cfg, start_state), notes, **where, stage="plain")
-    plain_runs = []
+    lightning_runs, plain_runs = [stats], []
+    run_plain = functools.partial(
+        training.plain_loop, model, resident.split("train"), device, args.batch_size, args.warmup, args.steps
+    )
     for repeat in range(args.repeats):
         if repeat:
             lightning_runs.append(
                 training.lightning_fit(cfg, model, resident, device, args.warmup, args.steps)[0]
             )
-        if not isinstance(plain_model, GenerativeModel):
-            plain_runs.append(plain_model)  # the reason it could not be built
+        if plain_runs and "skipped" in plain_runs[-1]:
+            plain_runs.append(plain_runs[-1])  # it failed once: do not try (and note) it again
             continue
-        run_plain = functools.partial(
-            training.plain_loop,
-            plain_model,
-            resident.split("train"),
-            device,
-            args.batch_size,
-            args.warmup,
-            args.steps,
-        )
+        if start_state is not None:
+            model.load_state_dict(start_state)
         plain_runs.append(attempt(run_plain, notes, **where, stage="plain"))
-        if "skipped" in plain_runs[-1]:
-            plain_model = plain_runs[-1]  # it failed once: do not try (and note) it again
     record["lightning"] = _pooled(lightning_runs, args.batch_size)
     record["plain"] = _pooled(plain_runs, args.batch_size)
     record["lightning_over_plain"] = _ratio(record["lightning"], record["plain"])
@@ -121,7 +113,6 @@ def bench_model(
     record["lightning_over_plain_per_repeat"] = [
         _ratio(light, plain) for light, plain in zip(lightning_runs, plain_runs, strict=True)
     ]
-    del plain_model
     _free(device)
 
     def dataloader_fit() -> dict[str, Any]:
@@ -153,14 +144,6 @@ def _gpu_variant(cfg, datamodule, device: torch.device, args: argparse.Namespace
     """One GPU switch setting on a fresh model (compilation happens in the warm-up steps)."""
     model = configs.build_model(cfg)
     return training.lightning_fit(cfg, model, datamodule, device, args.warmup, args.steps, **switches)[0]
-
-
-def _plain_model(cfg, state: dict[str, torch.Tensor] | None):
-    """A fresh instance of the model holding the weights the Lightning fit started from."""
-    model = configs.build_model(cfg)
-    if state is not None:
-        model.load_state_dict(state)
-    return model
 
 
 def _pooled(runs: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:

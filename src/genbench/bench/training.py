@@ -134,6 +134,8 @@ def plain_loop(
         raise ValueError(
             f"{total} batches of {batch_size} need {total * batch_size} images, have {len(arrays)}"
         )
+    # A model that went through a fit: its step must not reach that finished Trainer.
+    attached, model.trainer = model._trainer, None
     model.to(device).train()
     optimizers = configured_optimizers(model.configure_optimizers())
     host = _PlainHost()
@@ -161,6 +163,7 @@ def plain_loop(
     finally:
         model.fabric = None
         model._fabric_optimizers = []
+        model.trainer = attached
     return {**step_stats(clock.intervals(), batch_size), "memory": memory.result}
 
 

@@ -197,7 +197,7 @@ class ALAE(GenerativeModel):
             "loss_g": self._generator_step(n, opt_fg).detach(),
             "loss_ae": self._autoencoder_step(n, opt_ed, opt_fg).detach(),
         }
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
+        self.log_train_step({f"train/{k}": v for k, v in losses.items()}, n, batch_idx)
         return losses
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

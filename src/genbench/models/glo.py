@@ -362,8 +362,7 @@ class GLO(GenerativeModel):
         self._synced = self._owner is None
         self._sampler_stale = True
         size = batch.image.shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items() if k != "loss"}, batch_size=size)
-        self.log("train/loss", parts["loss"].detach(), prog_bar=True, batch_size=size)
+        self.log_train_step({f"train/{k}": v.detach() for k, v in parts.items()}, size, batch_idx)
         return parts["loss"].detach()
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:

@@ -28,6 +28,7 @@ codes for training images, decode(encode(x)) otherwise. ``sample``: a sampler fi
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -196,7 +197,11 @@ class IncrementalGLO(GenerativeModel):
         self._ddp_params_and_buffers_to_ignore = [
             name for name, _ in self.named_buffers() if not name.startswith(("generator.", "encoder."))
         ]
-        self._subsets: list[Tensor] = []  # CPU index tensors per subset, from subset_of
+        self._subsets: list[Tensor] = []  # index tensors per subset, from subset_of, on the model's device
+        self._previous: list[Tensor] = []  # _previous[s]: the indices of subsets 0..s-1, concatenated
+        # The train images by index, from setup: the subset steps draw their own batches, and read nothing else
+        # from the trainer, so the step also runs outside a Trainer (the benchmark's plain loop).
+        self._train_images: Callable[[Tensor, torch.device], Tensor] | None = None
         self._seed = 0
         self._sampler_stale = False  # codes moved since the sampler was fitted
         self._bn_stale = False  # generator moved since its batch-norm statistics were recalibrated
@@ -286,6 +291,7 @@ class IncrementalGLO(GenerativeModel):
                 f"{self.k_representatives} representatives) needs more than the {n} training images"
             )
         self._seed = int(getattr(datamodule, "seed", 0))
+        self._train_images = functools.partial(datamodule.images, "train")
         if len(self.codes) != n:
             self.codes.resize(n)
         if len(self.subset_of) != n:
@@ -310,7 +316,8 @@ class IncrementalGLO(GenerativeModel):
         # After the checkpoint's state is restored: a resumed run keeps the split it was trained with.
         if bool((self.subset_of < 0).any()):
             self.subset_of.copy_(self._compute_split())
-        self._subsets = [torch.nonzero(self.subset_of.cpu() == s).squeeze(1) for s in range(self.n_stages)]
+        self._subsets = [torch.nonzero(self.subset_of == s).squeeze(1) for s in range(self.n_stages)]
+        self._previous = [torch.cat([self.subset_of[:0], *self._subsets[:s]]) for s in range(self.n_stages)]
         if self.trainer.is_global_zero and self.curriculum_file:
             self._write_curriculum(Path(self.curriculum_file))
         total = sum(s.epochs for s in self.stages)
@@ -402,45 +409,42 @@ class IncrementalGLO(GenerativeModel):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         stage = self.current_stage
+        logged: dict[str, Tensor | float] = {}
         if stage.kind == "subset":
             parts = self._subset_step(stage.subset)
             current, previous = self._stage_sizes(stage)
-            sizes = {"train/current_size": float(current), "train/previous_size": float(previous)}
-            self.log_dict(sizes, batch_size=batch.image.shape[0])
+            logged = {"train/current_size": float(current), "train/previous_size": float(previous)}
         elif stage.kind == "whole":
             parts = self._whole_step(batch)
         else:
             parts = self._encoder_step(batch)
-        size = batch.image.shape[0]
         loss = parts.pop("loss").detach()
-        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=size)
-        self.log_dict(
-            {
-                f"train/loss_{stage.name}": loss,
-                "train/stage": float(stage.number),
-                "train/report_setting": float(self.setting["report_setting"]),
-            },
-            batch_size=size,
-        )
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        logged.update({f"train/{k}": v.detach() for k, v in parts.items()})
+        logged[f"train/loss_{stage.name}"] = loss
+        logged["train/stage"] = float(stage.number)
+        logged["train/report_setting"] = float(self.setting["report_setting"])
+        logged["train/loss"] = loss
+        self.log_train_step(logged, batch.image.shape[0], batch_idx)
         return loss
 
     def _draw(self, pool: Tensor, n: int, generator: torch.Generator) -> Tensor:
-        return pool[torch.randperm(len(pool), generator=generator)[:n]]
+        """``n`` distinct entries of ``pool``, drawn on its device: no host-device copy per step."""
+        return pool[torch.randperm(len(pool), generator=generator, device=pool.device)[:n]]
 
     def _subset_step(self, subset: int) -> dict[str, Tensor]:
         """GLO on subset ``subset`` with the codes of the earlier subsets frozen."""
         # Seeded by the step (and rank): a resumed run draws the same indices as an uninterrupted one.
-        generator = torch.Generator().manual_seed(
-            self._seed * 1_000_003 + self.global_step * 1009 + self.trainer.global_rank
+        pool = self._subsets[subset]
+        generator = torch.Generator(device=pool.device).manual_seed(
+            self._seed * 1_000_003 + self.global_step * 1009 + self.global_rank
         )
-        current = self._draw(self._subsets[subset], self.current_batch_size, generator).to(self.device)
+        current = self._draw(pool, self.current_batch_size, generator)
         previous = (
-            self._draw(torch.cat(self._subsets[:subset]), self.previous_batch_size, generator).to(self.device)
+            self._draw(self._previous[subset], self.previous_batch_size, generator)
             if subset > 0
             else current[:0]
         )
-        x = self.trainer.datamodule.images("train", torch.cat([previous, current]), self.device)
+        x = self._train_images(torch.cat([previous, current]), self.device)
         z = self.codes.weight[current].detach().requires_grad_(True)  # (b, D): only these codes learn
         per_image = self.image_loss(
             self.generator(torch.cat([self.codes.weight[previous], z])), x
@@ -488,7 +492,7 @@ class IncrementalGLO(GenerativeModel):
 
     def _unused(self, net: nn.Module) -> Tensor | float:
         """0 * (sum of ``net``'s parameters) under DDP, so its reducer sees every parameter in every backward."""
-        if self.trainer.world_size == 1:
+        if self._world_size == 1:
             return 0.0
         return 0.0 * sum(p.sum() for p in net.parameters())
 
@@ -499,13 +503,9 @@ class IncrementalGLO(GenerativeModel):
         self.manual_backward(loss + self._unused(self.encoder))
         optimizer.step()
         grad = z.grad
-        if (
-            self.trainer.world_size > 1
-        ):  # every rank applies every rank's rows: the table stays whole everywhere
+        if self._world_size > 1:  # every rank applies every rank's rows: the table stays whole everywhere
             index = self.all_gather(index).flatten(0, 1)
-            grad = (
-                self.all_gather(grad).flatten(0, 1) / self.trainer.world_size
-            )  # DDP averages G's gradients too
+            grad = self.all_gather(grad).flatten(0, 1) / self._world_size  # DDP averages G's gradients too
         self.codes.update(index, grad, self.lr_codes)
         self._sampler_stale = self._bn_stale = True
 
@@ -539,6 +539,10 @@ class IncrementalGLO(GenerativeModel):
         n = len(datamodule.split("train"))
         recalibrate_batch_norm(self.encoder, shuffled_batches(n, self._batch_size(), images))
         self._encoder_bn_stale = False
+
+    @property
+    def _world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
 
     def _batch_size(self) -> int:
         return getattr(self.trainer.datamodule, "batch_size", 256) if self._trainer is not None else 256

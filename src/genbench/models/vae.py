@@ -106,8 +106,8 @@ class VAE(GenerativeModel):
         parts = self._losses(batch.image)
         loss = parts.pop("loss")
         size = batch.image.shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
-        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=size)
+        logged = {"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in parts.items()}}
+        self.log_train_step(logged, size, batch_idx)
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
