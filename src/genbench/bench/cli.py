@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--gpu-variants",
-        help="comma-separated GPU switches, cuda only (default: bf16, channels_last, compile_model, compile_nets, "
-        "bf16+channels_last+compile_nets)",
+        help="comma-separated speed switches (default on cuda: bf16, channels_last, compile_model, compile_nets, "
+        "bf16+channels_last+compile_nets; on cpu: none unless named here)",
     )
     p.add_argument("--quick", action="store_true", help="tiny: size 28, batch 32, 3 steps, 128 eval images")
     p.add_argument("--out", default="bench.json", help="where to write the results (default bench.json)")
