@@ -339,7 +339,9 @@ class GLO(GenerativeModel):
             return torch.optim.Adam(
                 self.generator.parameters(), lr=self.lr_generator, betas=self.betas, fused=True
             )
-        return torch.optim.SGD(self.generator.parameters(), lr=self.lr_generator, momentum=self.momentum)
+        return torch.optim.SGD(
+            self.generator.parameters(), lr=self.lr_generator, momentum=self.momentum, fused=True
+        )
 
     def on_train_epoch_start(self) -> None:
         """Step decay of both rates (GLANN: x0.1 every 20 epochs), a function of the epoch so resuming is exact."""
