@@ -83,6 +83,16 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
         assert torch.equal(full[key], again[key]), key
 
 
+def test_compile_of_a_model_that_cannot_be_compiled_fails_at_start_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
+    cfg = compose_config(["model=alae", "compile=true", "logger=none", "eval=none"], tmp_path / "run")
+    with pytest.raises(ValueError, match="compile=true: ALAE cannot be compiled: .*double backward"):
+        train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "double backward" in metrics["error"]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+
+
 def test_incompatible_checkpoint_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
     common = ["model=vae", "trainer.accelerator=cpu", "logger=none", "eval=none", "trainer.max_epochs=1"]

@@ -24,6 +24,9 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
     latent_dim: int
     # 'euclidean', or 'sphere' when codes live on the unit sphere (interpolations then follow great circles).
     latent_geometry: str = "euclidean"
+    # Why torch.compile cannot run this model's training step, or None: `compile=true` then fails at start-up
+    # with the reason, not deep inside the first step.
+    compile_unsupported: str | None = None
 
     @abc.abstractmethod
     def encode(self, x: Tensor) -> Tensor:

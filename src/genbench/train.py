@@ -154,6 +154,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         if cfg.ckpt_path:
             check_compatible(cfg.ckpt_path, resolved)
+        if cfg.compile and model.compile_unsupported:
+            raise ValueError(
+                f"compile=true: {type(model).__name__} cannot be compiled: {model.compile_unsupported}. "
+                "Run it without compile=true (trainer.precision=bf16-mixed is the other speed switch)"
+            )
         fit_model = torch.compile(model) if cfg.compile else model
         started = time.perf_counter()
         # DDP ranks on this node: started here, not by Lightning re-running the (Hydra sweep) command line

@@ -144,6 +144,9 @@ def bench_model(
 def _gpu_variant(cfg, datamodule, device: torch.device, args: argparse.Namespace, switches: dict[str, Any]):
     """One GPU switch setting on a fresh model (compilation happens in the warm-up steps)."""
     model = configs.build_model(cfg)
+    compiles = switches.get("compile_model") or switches.get("compile_nets")
+    if compiles and model.compile_unsupported:
+        raise ValueError(f"{type(model).__name__} cannot be compiled: {model.compile_unsupported}")
     return training.lightning_fit(cfg, model, datamodule, device, args.warmup, args.steps, **switches)[0]
 
 

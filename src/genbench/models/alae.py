@@ -75,6 +75,10 @@ class ALAE(GenerativeModel):
             raise ValueError(f"truncation_psi must be null or in [0, 1], got {truncation_psi}")
         self.automatic_optimization = False
         self.latent_dim = latent_dim
+        self.compile_unsupported = (
+            "its discriminator step differentiates the R1 penalty, a gradient of D(E(x)) with respect to x "
+            "(double backward), which torch.compile's aot_autograd does not support"
+        )
         self.r1_gamma, self.lr_encoder, self.lr_generator, self.betas = (
             r1_gamma,
             lr_encoder,
