@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genbench.checkpoints import IncompatibleCheckpoint
+from genbench.run.checkpoints import IncompatibleCheckpoint
 from genbench.train import train
 from helpers import compose_config
 

@@ -22,7 +22,7 @@ from genbench.classifier import classifier_path, load_classifier, load_or_train
 from genbench.data import ImageDataModule
 from genbench.data.sources import DigitsSource
 from genbench.evaluate import main as evaluate_main
-from genbench.evaluate import merge_metrics
+from genbench.run.record import merge_metrics
 from genbench.evaluators.base import EvalContext
 from genbench.evaluators.distributed import shard, shard_sizes
 from genbench.evaluators.generative import (

@@ -1,7 +1,7 @@
 """Sweeps and DDP: every job of a multirun trains once, on its N ranks, into one run directory.
 
 Lightning's own DDP launcher re-executes the command line; under a Hydra multirun that re-runs the whole sweep (basic
-launcher) or dies (joblib). genbench starts the extra ranks itself (genbench.distributed), and these tests hold it to
+launcher) or dies (joblib). genbench starts the extra ranks itself (genbench.run.launcher), and these tests hold it to
 "one job = one run directory = one metrics.json with world_size N", with the basic, joblib and submitit launchers.
 """
 
@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import fake_slurm
-from genbench.distributed import LocalRanks, WorkerFailed
+from genbench.run.launcher import LocalRanks, WorkerFailed
 from genbench.leaderboard.published import load_published
 from helpers import compose_config
 

@@ -12,10 +12,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from genbench.run.paths import CONFIG_DIR  # noqa: E402
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     from genbench.train import train
 

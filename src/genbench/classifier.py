@@ -27,21 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genbench.io import torch_save, write_json
+from genbench.run.paths import CONFIG_DIR, classifier_cache_dir
 
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # bump when the architecture or the file layout changes: older files are then retrained
 
 
-def cache_root() -> Path:
-    """``$GENBENCH_CACHE`` when set, else ``~/.cache/genbench``."""
-    env = os.environ.get("GENBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "genbench"
-
-
 def classifier_path(dataset: str, image_size: int, cache_dir: str | Path | None = None) -> Path:
     """Where the classifier of ``dataset`` at ``image_size`` lives: ``<cache_dir>/<dataset>-<size>px.pt``."""
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "classifiers"
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else classifier_cache_dir()
     return folder / f"{dataset}-{image_size}px.pt"
 
 
@@ -297,9 +292,6 @@ def load_or_train(
     return TrainedClassifier(net, test_accuracy, state_digest(state), path)
 
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
 def _cli(cfg: Any) -> None:
     import hydra
 
@@ -326,7 +318,7 @@ def main() -> None:
     """``python -m genbench.classifier data=mnist [epochs=5] [force=true]`` (config: conf/classifier.yaml)."""
     import hydra
 
-    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="classifier")(_cli)()
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="classifier")(_cli)()
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from genbench.io import write_json
+from genbench.run.paths import CONFIG_DIR
+from genbench.run.record import merge_metrics
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 USAGE = "usage: python -m genbench.evaluate run_dir=<path> [eval=<name>] [eval.<key>=<value> ...] [device=auto|cpu|cuda] [checkpoint=<path>]"
 
 
@@ -61,7 +62,7 @@ def evaluation_config(cfg: DictConfig, eval_name: str | None, overrides: Sequenc
         from hydra.core.global_hydra import GlobalHydra
 
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             composed = compose("config", overrides=[f"eval={eval_name}", *overrides])
         GlobalHydra.instance().clear()
         cfg.eval = composed.eval  # its interpolations (${eval.inception...}) resolve against the run config
@@ -76,7 +77,7 @@ def load_model(cfg: DictConfig, checkpoint: Path, device: torch.device):
     """The run's model, rebuilt from its config, with the checkpoint's weights (GLO's code table resizes on load)."""
     import hydra
 
-    from genbench.checkpoints import load_checkpoint
+    from genbench.run.checkpoints import load_checkpoint
     from genbench.interface import GenerativeModel
 
     model = hydra.utils.instantiate(cfg.model)
@@ -84,21 +85,6 @@ def load_model(cfg: DictConfig, checkpoint: Path, device: torch.device):
         raise TypeError(f"{type(model).__name__} does not implement genbench.interface.GenerativeModel")
     model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     return model.to(device).eval()
-
-
-def merge_metrics(existing: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
-    """``existing`` metrics updated with ``results``: values and protocols overwritten key by key; a metric that
-    now has a value loses its skip record; a new skip record is kept only where no value exists."""
-    merged = {k: v for k, v in existing.items()}
-    merged.update({k: v for k, v in results.items() if k not in ("protocols", "skipped")})
-    merged["protocols"] = {**existing.get("protocols", {}), **results.get("protocols", {})}
-    valued = {key.split("@")[0] for key in merged if isinstance(merged[key], int | float)}
-    skipped = {**existing.get("skipped", {}), **results.get("skipped", {})}
-    merged["skipped"] = {name: reason for name, reason in skipped.items() if name not in valued}
-    for key in ("protocols", "skipped"):
-        if not merged[key]:
-            del merged[key]
-    return merged
 
 
 def evaluate(

@@ -15,13 +15,13 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genbench.callbacks.bookkeeping import ConfigInCheckpoint, EpochSummary, RNGState, Throughput
+from genbench.run.callbacks import ConfigInCheckpoint, EpochSummary, RNGState, Throughput
 from genbench.callbacks.evaluation import Evaluation
-from genbench.checkpoints import check_compatible
-from genbench.distributed import kill_this_process, launched_as_global_zero, local_ranks, strategy_for
+from genbench.run.checkpoints import check_compatible
+from genbench.run.launcher import kill_this_process, launched_as_global_zero, local_ranks, strategy_for
 from genbench.interface import GenerativeModel
 from genbench.io import atomic_path, write_json
-from genbench.loggers import build_loggers, finish_wandb
+from genbench.run.loggers import build_loggers, finish_wandb
 
 log = logging.getLogger(__name__)
 

@@ -279,7 +279,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def _meta(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    from genbench.train import git_commit, library_versions
+    from genbench.run.provenance import git_commit, library_versions
 
     return {
         "device": str(device),

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from genbench.data.sources import ImageArrays, ImageSource
 from genbench.io import torch_save
+from genbench.run.paths import tensor_cache_dir
 
 log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    """``GENBENCH_CACHE`` if set, else ``~/.cache/genbench/tensors``: always writable, never the data root."""
-    env = os.environ.get("GENBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "genbench" / "tensors"
+    """``$GENBENCH_CACHE/tensors`` (default ``~/.cache/genbench/tensors``): always writable, never the data root."""
+    return tensor_cache_dir()
 
 
 def load_split(source: ImageSource, split: str, cache_dir: Path | None) -> ImageArrays:

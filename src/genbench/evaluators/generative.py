@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from genbench.classifier import DigitClassifier, TrainedClassifier, cache_root, load_or_train, state_digest
+from genbench.classifier import DigitClassifier, TrainedClassifier, load_or_train, state_digest
 from genbench.evaluators.base import EvalContext
 from genbench.evaluators.distributed import all_true, broadcast, gather_rows, shard
 from genbench.metrics import (
@@ -40,6 +40,7 @@ from genbench.metrics import (
 )
 from genbench.metrics.cache import feature_cache_path
 from genbench.metrics.features import INCEPTION_EXTRACTOR, INCEPTION_RESIZER
+from genbench.run.paths import feature_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class GenerativeMetrics:
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self._cache_dir).expanduser() if self._cache_dir else cache_root() / "features"
+        return Path(self._cache_dir).expanduser() if self._cache_dir else feature_cache_dir()
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         name = self.features.name

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genbench.run.record import FINISHED, METRICS_FILE
+
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 RUN_MARKERS = (".hydra", "checkpoints")
-FINISHED = "finished"
 # Measurements that do not depend on the sampler: repeated on each of a run's rows.
 RUN_METRICS = ("recon_mse_train", "recon_mse_test", "train_seconds", "images_per_second")
 

@@ -6,7 +6,7 @@ Lightning 2.6.6, Hydra 1.3.8): under the basic launcher rank 1 re-runs the whole
 and writes a second multirun folder; under the joblib launcher the re-executed loky worker exits (``--pipe`` missing)
 and the job is killed; under submitit it would re-run ``submitit.core._submit``.
 
-So when Lightning would start the ranks itself, genbench starts them instead: ``python -m genbench.worker CONFIG``
+So when Lightning would start the ranks itself, genbench starts them instead: ``python -m genbench.run.worker CONFIG``
 with the run's resolved config (no Hydra, no sweep) and ``MASTER_ADDR``/``MASTER_PORT``/``NODE_RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK``/``RANK`` in its environment, and marks this process as local rank 0 (``LOCAL_RANK=0``), so Lightning's
 ``LightningEnvironment`` sees every rank as started externally. Where the cluster starts the ranks (srun under SLURM,
@@ -73,7 +73,7 @@ def strategy_for(strategy: Any, model: pl.LightningModule) -> Any:
 def local_ranks(
     trainer: pl.Trainer, config: dict[str, Any], on_failure: Callable[[int, int], None] | None = None
 ) -> AbstractContextManager[Any]:
-    """Around ``fit``: this node's other ranks as ``genbench.worker`` processes where Lightning would re-execute."""
+    """Around ``fit``: this node's other ranks as ``genbench.run.worker`` processes where Lightning would re-execute."""
     if not lightning_would_reexecute(trainer):
         return nullcontext()
     return LocalRanks(
@@ -131,7 +131,7 @@ class LocalRanks:
             for local_rank in range(1, self.num_devices):
                 rank = node_rank * self.num_devices + local_rank
                 env = {**os.environ, "LOCAL_RANK": str(local_rank), "RANK": str(rank)}
-                command = [sys.executable, "-m", "genbench.worker", str(self._config_file)]
+                command = [sys.executable, "-m", "genbench.run.worker", str(self._config_file)]
                 self.procs[rank] = subprocess.Popen(command, env=env)
         except BaseException:
             self._stop_workers()

@@ -1,0 +1,131 @@
+"""The run record, ``<run_dir>/metrics.json``: its statuses, how it is written, and how re-evaluations merge in.
+
+Every run writes one, and it always tells the truth about the run's outcome:
+
+- ``running``: written when training starts (with ``pid`` and ``host``, so a reader can tell a live run from one
+  killed with SIGKILL, which leaves no chance to write anything else);
+- ``finished``: training and the final evaluation ended, ``checkpoints/last.ckpt`` holds the final weights;
+- ``interrupted``: a signal (SIGTERM, SIGUSR1, SIGINT) stopped the run after a checkpoint was saved; ``resume=true``
+  continues it; ``signal``, ``epoch`` and ``global_step`` say where;
+- ``failed``: an error ended it (``error`` says which); ``unfinished``: written by ``genbench.evaluate`` for a run
+  that has no record of its own.
+
+Exit codes of ``python -m genbench`` (``EXIT_*``): 0 finished, 1 failed, 2 a user error (bad config value, missing
+or corrupt file, unwritable folder), 128 + the signal number when interrupted (143 for SIGTERM, 138 for SIGUSR1,
+130 for SIGINT), as a shell reports a process killed by that signal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from genbench.io import write_json
+
+METRICS_FILE = "metrics.json"
+
+RUNNING = "running"
+FINISHED = "finished"
+INTERRUPTED = "interrupted"
+FAILED = "failed"
+UNFINISHED = "unfinished"
+STATUSES = (RUNNING, FINISHED, INTERRUPTED, FAILED, UNFINISHED)
+
+EXIT_FINISHED = 0
+EXIT_FAILED = 1
+EXIT_USER_ERROR = 2
+
+
+def exit_code_for_signal(signum: int) -> int:
+    return 128 + int(signum)
+
+
+def metrics_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / METRICS_FILE
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's record, or None when it has none (or an unreadable one)."""
+    path = metrics_path(run_dir)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_record(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Atomically replace the run's record."""
+    if record.get("status") not in STATUSES:
+        raise ValueError(f"unknown run status {record.get('status')!r}; one of {STATUSES}")
+    write_json(metrics_path(run_dir), record)
+
+
+def identity(model: str | None, data: str, image_size: int, seed: Any) -> dict[str, Any]:
+    """The fields that name a run in every record, whatever its status."""
+    return {"model": model, "data": data, "image_size": image_size, "seed": seed}
+
+
+def running_record(who: dict[str, Any], resumed_from: str | None = None) -> dict[str, Any]:
+    record = {
+        "status": RUNNING,
+        **who,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if resumed_from:
+        record["resumed_from"] = resumed_from
+    return record
+
+
+def failure_record(who: dict[str, Any], error: str, **where: Any) -> dict[str, Any]:
+    return {"status": FAILED, **who, "error": error, **where}
+
+
+def interrupted_record(
+    who: dict[str, Any], signal_name: str, epoch: int, global_step: int, checkpoint: str | None
+) -> dict[str, Any]:
+    return {
+        "status": INTERRUPTED,
+        **who,
+        "signal": signal_name,
+        "epoch": epoch,
+        "global_step": global_step,
+        "checkpoint": checkpoint,
+        "resume": "run the same command with resume=true",
+    }
+
+
+def is_live(record: dict[str, Any]) -> bool:
+    """Whether a ``running`` record's process is still alive (on this host; another host's run is assumed live)."""
+    if record.get("status") != RUNNING:
+        return False
+    if record.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(record.get("pid", -1)), 0)
+    except (ProcessLookupError, ValueError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def merge_metrics(existing: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` metrics updated with ``results``: values and protocols overwritten key by key; a metric that
+    now has a value loses its skip record; a new skip record is kept only where no value exists."""
+    merged = {k: v for k, v in existing.items()}
+    merged.update({k: v for k, v in results.items() if k not in ("protocols", "skipped")})
+    merged["protocols"] = {**existing.get("protocols", {}), **results.get("protocols", {})}
+    valued = {key.split("@")[0] for key in merged if isinstance(merged[key], int | float)}
+    skipped = {**existing.get("skipped", {}), **results.get("skipped", {})}
+    merged["skipped"] = {name: reason for name, reason in skipped.items() if name not in valued}
+    for key in ("protocols", "skipped"):
+        if not merged[key]:
+            del merged[key]
+    return merged
