@@ -9,11 +9,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from genbench.run.resume import register_resolvers
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     """The composed run config for ``overrides``, with Hydra's runtime fields set and run_dir pinned."""
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True)

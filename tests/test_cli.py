@@ -64,7 +64,7 @@ def test_unknown_config_key_fails(tmp_path):
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
         "state_dict"
     ]
 
@@ -90,7 +90,7 @@ def test_compile_of_a_model_that_cannot_be_compiled_fails_at_start_up(tmp_path, 
         train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "double backward" in metrics["error"]
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # refused before any training
 
 
 def test_incompatible_checkpoint_refused(tmp_path, monkeypatch):

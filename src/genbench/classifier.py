@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genbench.io import torch_save, write_json
+from genbench.filelock import exclusive_lock
+from genbench.io import clean_stale_temp_files, torch_save, write_json
 from genbench.run.paths import CONFIG_DIR, classifier_cache_dir
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,11 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> TrainedCl
     return TrainedClassifier(net.to(device).eval(), float(stored["test_accuracy"]), digest, path)
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file that serialises training the classifier at ``path``: ``<path>.lock``."""
+    return path.with_name(path.name + ".lock")
+
+
 def load_or_train(
     datamodule: Any,
     device: torch.device | str = "cpu",
@@ -257,9 +262,15 @@ def load_or_train(
     batch_size: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
+    lock_timeout: float | None = 3600.0,
 ) -> TrainedClassifier:
     """The cached classifier of the datamodule's dataset and image size, trained (and cached) first if absent
-    (or when ``force``). The training settings are ``train_classifier``'s and apply only when it trains."""
+    (or when ``force``). The training settings are ``train_classifier``'s and apply only when it trains.
+
+    Training holds an exclusive lock on ``<path>.lock``, so concurrent runs on a cold cache train it once: the
+    others wait, then load what the first one saved. After ``lock_timeout`` seconds of waiting (None: no limit)
+    a process trains its own instead of stalling behind a hung one.
+    """
     path = classifier_path(datamodule.name, datamodule.image_size, cache_dir)
     found = None if force else load_classifier(path, device)
     if found is not None:
@@ -267,6 +278,30 @@ def load_or_train(
         return found
     if not datamodule.source.has_labels:
         raise ValueError(f"{datamodule.name} has no labels: no classifier can be trained on it")
+    lock = lock_path(path)
+    waiting = f"waiting for {lock} (held by another genbench process training the same classifier)"
+    with exclusive_lock(lock, timeout=lock_timeout, waiting_message=waiting):
+        found = None if force else load_classifier(path, device)
+        if found is not None:  # another process trained it while we waited
+            log.info(
+                "classifier %s, trained by another process (test accuracy %.4f)", path, found.test_accuracy
+            )
+            return found
+        for stale in clean_stale_temp_files(path.parent, recursive=False):
+            log.info("removed %s, left by a process that was killed while writing it", stale)
+        return _train_and_save(datamodule, path, device, epochs, min_steps, batch_size, lr, seed)
+
+
+def _train_and_save(
+    datamodule: Any,
+    path: Path,
+    device: torch.device | str,
+    epochs: int,
+    min_steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> TrainedClassifier:
     log.info(
         "no classifier for %s at %dpx in %s: training one now on the train split "
         "(`python -m genbench.classifier data=%s` does this ahead of time)",

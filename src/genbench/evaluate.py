@@ -25,11 +25,17 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from genbench.errors import UserError
 from genbench.io import write_json
 from genbench.run.paths import CONFIG_DIR
 from genbench.run.record import merge_metrics
+from genbench.run.resume import register_resolvers
 
 log = logging.getLogger(__name__)
+
+
+class RunNotFound(UserError, FileNotFoundError):
+    """run_dir is not a genbench run directory."""
 
 USAGE = "usage: python -m genbench.evaluate run_dir=<path> [eval=<name>] [eval.<key>=<value> ...] [device=auto|cpu|cuda] [checkpoint=<path>]"
 
@@ -61,6 +67,7 @@ def evaluation_config(cfg: DictConfig, eval_name: str | None, overrides: Sequenc
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
 
+        register_resolvers()
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             composed = compose("config", overrides=[f"eval={eval_name}", *overrides])
@@ -102,7 +109,7 @@ def evaluate(
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist: is {run_dir} a genbench run directory?")
+        raise RunNotFound(f"{config_path} does not exist: is {run_dir} a genbench run directory?")
     cfg = evaluation_config(OmegaConf.load(config_path), eval_name, overrides)
     where = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
@@ -141,9 +148,13 @@ def evaluate(
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from genbench.run.outcome import run_entry
+
     options, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    merged = evaluate(
-        options["run_dir"], options.get("eval"), overrides, options["device"], options["checkpoint"]
+    merged = run_entry(
+        lambda: evaluate(
+            options["run_dir"], options.get("eval"), overrides, options["device"], options["checkpoint"]
+        )
     )
     print(f"\nupdated {Path(options['run_dir']) / 'metrics.json'}")
     for key, value in sorted(merged.items()):

@@ -69,6 +69,7 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         on-step values of the other steps are discarded unread: at 5-10 keys that is 5-15% of a small model's
         step. Outside a Trainer (the benchmark's plain loop, Fabric) every call is passed to the host.
         """
+        self._watch_finite(metrics)
         if not self._logs_this_step(batch_idx):
             return
         bar = {k: v for k, v in metrics.items() if k == "train/loss"}
@@ -77,6 +78,32 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         rest = {k: v for k, v in metrics.items() if k != "train/loss"}
         if rest:
             self.log_dict(rest, batch_size=batch_size)
+
+    def _watch_finite(self, metrics: dict[str, Tensor | float]) -> None:
+        """Remember, on the device and without a host sync, the first global step at which each logged term was
+        not finite; ``nonfinite_terms`` reads it (one sync) when the divergence check asks."""
+        names = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+        if not names:
+            return
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in names])  # (K,)
+        watch = getattr(self, "_finite_watch", None)
+        if watch is None or watch[0] != names:
+            first = torch.full((len(names),), -1, dtype=torch.long, device=values.device)
+            watch = self._finite_watch = (names, first, torch.zeros_like(values))
+        _, first, seen = watch
+        step = self._trainer.global_step if self._trainer is not None else 0
+        bad = ~torch.isfinite(values) & (first < 0)
+        first.copy_(torch.where(bad, step, first))
+        seen.copy_(torch.where(bad, values, seen))
+
+    def nonfinite_terms(self) -> dict[str, tuple[int, float]]:
+        """{logged name: (global step, value)} for each training term that has been NaN or infinite."""
+        watch = getattr(self, "_finite_watch", None)
+        if watch is None:
+            return {}
+        names, first, seen = watch
+        steps, values = first.tolist(), seen.tolist()
+        return {name: (step, value) for name, step, value in zip(names, steps, values) if step >= 0}
 
     def _logs_this_step(self, batch_idx: int) -> bool:
         trainer = self._trainer

@@ -1,9 +1,11 @@
-"""The composition root: config -> datamodule, model, callbacks, loggers, trainer -> fit -> metrics.json."""
+"""The composition root: config -> datamodule, model, callbacks, loggers, trainer -> fit -> metrics.json.
+
+The run's lifecycle (its record, checkpoints, signals, resuming, the DDP ranks) lives in ``genbench.run``.
+"""
 
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -15,71 +17,63 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genbench.run.callbacks import ConfigInCheckpoint, EpochSummary, RNGState, Throughput
 from genbench.callbacks.evaluation import Evaluation
-from genbench.run.checkpoints import check_compatible
-from genbench.run.launcher import kill_this_process, launched_as_global_zero, local_ranks, strategy_for
+from genbench.errors import UserError
 from genbench.interface import GenerativeModel
-from genbench.io import atomic_path, write_json
+from genbench.io import atomic_path, clean_stale_temp_files
+from genbench.run import record
+from genbench.run.callbacks import (
+    ConfigInCheckpoint,
+    DivergenceGuard,
+    EpochSummary,
+    LastCheckpoint,
+    Preemption,
+    RNGState,
+    RunInterrupted,
+    Throughput,
+)
+from genbench.run.checkpoints import AtomicCheckpointIO, check_compatible, last_checkpoint
+from genbench.run.launcher import kill_this_process, launched_as_global_zero, local_ranks, strategy_for
+from genbench.run.lock import RunLock
 from genbench.run.loggers import build_loggers, finish_wandb
+from genbench.run.provenance import git_commit, library_versions
+from genbench.run.resume import wants_resume
+from genbench.run.validation import ConfigError, validate_config
 
 log = logging.getLogger(__name__)
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    names = [
-        "torch",
-        "torchvision",
-        "pytorch-lightning",
-        "hydra-core",
-        "torchmetrics",
-        "torch-fidelity",
-        "wandb",
-        "numpy",
-    ]
-    versions = {"python": sys.version.split()[0], "genbench": md.version("genbench")}
-    for name in names:
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+class RunDirUnwritable(UserError):
+    """The run directory (or its checkpoints/ folder) cannot be written."""
 
 
 def build_callbacks(
-    cfg: DictConfig, run_dir: Path, resolved: dict[str, Any]
-) -> tuple[list[pl.Callback], Throughput, Evaluation]:
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    cfg: DictConfig, run_dir: Path, resolved: dict[str, Any], preemption: Preemption
+) -> tuple[list[pl.Callback], Throughput, Evaluation, LastCheckpoint]:
+    from pytorch_lightning.callbacks import TQDMProgressBar
 
     throughput = Throughput()
     evaluators = {
         name: hydra.utils.instantiate(spec) for name, spec in cfg.eval.evaluators.items() if spec is not None
     }
     evaluation = Evaluation(evaluators, run_dir, seed=cfg.seed, every_n_epochs=cfg.eval.every_n_epochs)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
+    guard = DivergenceGuard(cfg.divergence.check_every_n_steps)
+    checkpoint = LastCheckpoint(
+        last_checkpoint(run_dir), cfg.checkpoint.every_minutes, cfg.checkpoint.every_n_steps, guard
     )
+    # order matters: the guard sees a diverged step before a checkpoint could keep it; the checkpoint is written
+    # before a signal ends the epoch, and before the evaluation starts
     callbacks: list[pl.Callback] = [
         throughput,
         RNGState(),
         ConfigInCheckpoint(resolved),
+        guard,
         checkpoint,
+        preemption,
         evaluation,
     ]
     callbacks.append(TQDMProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochSummary())
-    return callbacks, throughput, evaluation
+    return callbacks, throughput, evaluation, checkpoint
 
 
 def final_metrics(
@@ -90,17 +84,15 @@ def final_metrics(
         k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.endswith("_step")
     }
     return {
-        "status": "finished",
-        "model": cfg.model_name,
-        "data": cfg.data.name,
-        "image_size": cfg.data.image_size,
-        "seed": cfg.seed,
+        "status": record.FINISHED,
+        **who(cfg),
         "sampler": model.sampler_name,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "train_seconds": throughput.train_seconds,
         "images_per_second": throughput.images_per_second,
         "world_size": trainer.world_size,
+        "checkpoint": str(last_checkpoint(cfg.run_dir)),
         **{k.replace("/", "_") if k.startswith(("train/", "val/")) else k: v for k, v in logged.items()},
         **evaluation.results,
         "versions": library_versions(),
@@ -108,18 +100,35 @@ def final_metrics(
     }
 
 
-def failure_record(cfg: DictConfig, error: str) -> dict[str, Any]:
-    return {"status": "failed", "error": error, "data": cfg.data.name, "seed": cfg.seed}
+def who(cfg: DictConfig) -> dict[str, Any]:
+    return record.identity(cfg.get("model_name"), cfg.data.name, cfg.data.image_size, cfg.seed)
 
 
 def worker_failure_handler(cfg: DictConfig, run_dir: Path) -> Callable[[int, int], None]:
     """What rank 0 does when a DDP worker dies: record the failure, then end (it may be blocked in a collective)."""
 
     def on_failure(rank: int, code: int) -> None:
-        write_json(run_dir / "metrics.json", failure_record(cfg, f"DDP rank {rank} exited with code {code}"))
+        record.write_record(run_dir, record.failure_record(who(cfg), f"DDP rank {rank} exited with code {code}"))
         kill_this_process(rank, code)
 
     return on_failure
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory and checkpoints/, prove both writable, and clear temp files a killed run left."""
+    folder = run_dir / "checkpoints"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / ".write-test") as tmp:
+            tmp.write_text("")
+        (folder / ".write-test").unlink()
+    except OSError as exc:
+        raise RunDirUnwritable(
+            f"cannot write to {exc.filename or folder}: {exc.strerror or exc}; make it writable or choose "
+            "another run directory (hydra.run.dir=...)"
+        ) from None
+    for stale in clean_stale_temp_files(run_dir):
+        log.info("removed %s, left by a process that was killed while writing it", stale)
 
 
 def write_resolved_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -129,49 +138,126 @@ def write_resolved_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return resolved
 
 
+def resume_point(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to start from: ``ckpt_path``, else with ``resume`` this run's last.ckpt when it has one."""
+    last = last_checkpoint(run_dir)
+    if cfg.ckpt_path:
+        return str(cfg.ckpt_path)
+    if wants_resume(cfg.resume):
+        if last.is_file():
+            return str(last)
+        log.info("resume=true: %s has no checkpoint yet; starting the run from the beginning", run_dir)
+        return None
+    if last.is_file():
+        raise UserError(
+            f"{run_dir} already holds a run ({last}); add resume=true to continue it, "
+            "or choose another run directory"
+        )
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one model on one dataset; returns (and writes) the run's metrics."""
+    """Train and evaluate one model on one dataset; returns (and writes) the run's metrics.
+
+    Raises :class:`RunInterrupted` after a signal (the record says ``interrupted``), a ``UserError`` for a mistake
+    the user can fix, anything else for a failure; the record says ``failed`` for both.
+    """
+    validate_config(cfg)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True)
     rank_zero = launched_as_global_zero()
-    resolved = write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
-    if cfg.print_config and rank_zero:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
+    if rank_zero:
+        prepare_run_dir(run_dir)
+        existing = record.read_record(run_dir)
+        if wants_resume(cfg.resume) and existing and existing.get("status") == record.FINISHED:
+            if last_checkpoint(run_dir).is_file() and not cfg.ckpt_path:
+                log.info("resume=true: %s already finished; nothing to do", run_dir)
+                return existing
+    with RunLock(run_dir) if rank_zero else _no_lock():
+        return _train(cfg, run_dir, rank_zero)
+
+
+class _no_lock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    pl.seed_everything(cfg.seed, workers=True)
+    preemption = Preemption()
+    preemption.install(slurm_requeue=SLURMEnvironment.detect())
+    trainer: pl.Trainer | None = None
     try:
+        ckpt_path = resume_point(cfg, run_dir) if rank_zero else (cfg.ckpt_path or _worker_resume(cfg, run_dir))
+        resolved = write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
+        if rank_zero:
+            record.write_record(run_dir, record.running_record(who(cfg), resumed_from=ckpt_path))
+        if cfg.print_config and rank_zero:
+            print(OmegaConf.to_yaml(cfg, resolve=True))
+        if ckpt_path:
+            stored = check_compatible(ckpt_path, resolved)
+            log.info("resuming from %s (epoch %s, global step %s)", ckpt_path, stored.get("epoch"), stored.get("global_step"))
+            del stored
         datamodule = hydra.utils.instantiate(cfg.data)
         model = hydra.utils.instantiate(cfg.model)
         if not isinstance(model, GenerativeModel):
             raise TypeError(f"{type(model).__name__} does not implement genbench.interface.GenerativeModel")
-        callbacks, throughput, evaluation = build_callbacks(cfg, run_dir, resolved)
+        if cfg.compile and model.compile_unsupported:
+            raise ConfigError(
+                f"compile=true: {type(model).__name__} cannot be compiled: {model.compile_unsupported}. "
+                "Run it without compile=true (trainer.precision=bf16-mixed is the other speed switch)"
+            )
+        callbacks, throughput, evaluation, checkpoint = build_callbacks(cfg, run_dir, resolved, preemption)
         loggers = build_loggers(cfg, run_dir, resolved, rank_zero) if cfg.logger else False
-        trainer: pl.Trainer = hydra.utils.instantiate(
+        trainer = hydra.utils.instantiate(
             cfg.trainer,
             callbacks=callbacks,
             logger=loggers,
             enable_progress_bar=sys.stderr.isatty(),
+            enable_checkpointing=False,  # LastCheckpoint writes checkpoints/last.ckpt
+            plugins=[AtomicCheckpointIO()],
             strategy=strategy_for(cfg.trainer.strategy, model),
         )
-        if cfg.ckpt_path:
-            check_compatible(cfg.ckpt_path, resolved)
-        if cfg.compile and model.compile_unsupported:
-            raise ValueError(
-                f"compile=true: {type(model).__name__} cannot be compiled: {model.compile_unsupported}. "
-                "Run it without compile=true (trainer.precision=bf16-mixed is the other speed switch)"
-            )
         fit_model = torch.compile(model) if cfg.compile else model
         started = time.perf_counter()
         # DDP ranks on this node: started here, not by Lightning re-running the (Hydra sweep) command line
         with local_ranks(trainer, resolved, on_failure=worker_failure_handler(cfg, run_dir)):
-            trainer.fit(fit_model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            trainer.fit(fit_model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.is_global_zero and not last_checkpoint(run_dir).is_file():
+            raise RuntimeError(f"training ended but {last_checkpoint(run_dir)} was not written")
         metrics = final_metrics(cfg, trainer, throughput, evaluation, model)
+    except (RunInterrupted, SIGTERMException) as exc:
+        signum = exc.signum if isinstance(exc, RunInterrupted) else (preemption.received or 15)
+        if rank_zero:
+            checkpoint_file = last_checkpoint(run_dir)
+            record.write_record(
+                run_dir,
+                record.interrupted_record(
+                    who(cfg),
+                    signal_name(signum),
+                    trainer.current_epoch if trainer is not None else 0,
+                    trainer.global_step if trainer is not None else 0,
+                    str(checkpoint_file) if checkpoint_file.is_file() else None,
+                ),
+            )
+            log.warning("run interrupted by %s; continue it with the same command and resume=true", signal_name(signum))
+        finish_wandb(failed=True)
+        raise RunInterrupted(signum) from None
     except BaseException as exc:
         if rank_zero:
-            write_json(run_dir / "metrics.json", failure_record(cfg, f"{type(exc).__name__}: {exc}"))
+            where = {"epoch": trainer.current_epoch, "global_step": trainer.global_step} if trainer else {}
+            record.write_record(run_dir, record.failure_record(who(cfg), f"{type(exc).__name__}: {exc}", **where))
         finish_wandb(failed=True)
         raise
+    finally:
+        preemption.uninstall()
     if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", metrics)
+        record.write_record(run_dir, metrics)
         shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         log.info("run directory: %s (%.1fs)", run_dir, time.perf_counter() - started)
         print(f"\nrun directory: {run_dir}")
@@ -179,3 +265,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")
     finish_wandb(failed=False)  # a sweep's next job in this process must start its own W&B run
     return metrics
+
+
+def _worker_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+    """A DDP worker resumes from the checkpoint rank 0 resumes from (it does not write the run directory)."""
+    last = last_checkpoint(run_dir)
+    return str(last) if wants_resume(cfg.resume) and last.is_file() else None
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genbench.run.paths import CONFIG_DIR
+from genbench.run.resume import register_resolvers
 from genbench.data import ImageArrays, ImageDataModule
 from genbench.data.sources import ImageSource
 from genbench.interface import GenerativeModel
@@ -31,6 +32,7 @@ def model_names(conf: Path = CONF) -> list[str]:
 def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:
     """The run config ``python -m genbench <overrides>`` would compose, with Hydra's runtime fields resolved."""
     GlobalHydra.instance().clear()
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.choices.model} and friends

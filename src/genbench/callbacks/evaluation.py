@@ -49,8 +49,11 @@ def run_evaluators(
     was_training = model.training
     model.eval()
     results: dict[str, Any] = {}
+    # forked RNG: evaluating (or not, or how often) never changes the noise training draws afterwards, so a run
+    # resumed from an epoch-end checkpoint continues exactly as the uninterrupted one did
+    devices = [device] if device.type == "cuda" else []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             for name, evaluator in order:
                 if rank != 0 and not is_sharded(evaluator):
                     continue

@@ -32,6 +32,24 @@ class _Identity(Dataset):
         return index
 
 
+class ResumableLoader(DataLoader):
+    """The device-resident training loader, with the state Lightning saves in a checkpoint (it calls
+    ``state_dict``/``load_state_dict`` on loaders that have them): the epoch and how many of its batches were
+    trained, read from ``progress`` at save time. Loaded, it makes the sampler skip those batches, so a run
+    resumed from a mid-epoch checkpoint sees exactly the batches an uninterrupted run would."""
+
+    def __init__(self, *args, progress: Callable[[], tuple[int, int]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._progress()
+        return {"epoch": int(epoch), "batches": int(batches)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches"])
+
+
 class _Samples(Dataset):
     """Per-sample access for the classic DataLoader path: (uint8 image, label, index)."""
 
@@ -139,8 +157,17 @@ class ImageDataModule(pl.LightningDataModule):
                 device=lambda: self._rank_info()[2],
                 epoch_source=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
             )
-            return DataLoader(
-                _Identity(), sampler=sampler, batch_size=None, num_workers=0, generator=self._loader_rng()
+            if not train:
+                return DataLoader(
+                    _Identity(), sampler=sampler, batch_size=None, num_workers=0, generator=self._loader_rng()
+                )
+            return ResumableLoader(
+                _Identity(),
+                sampler=sampler,
+                batch_size=None,
+                num_workers=0,
+                generator=self._loader_rng(),
+                progress=self._train_progress,
             )
         dataset = _Samples(arrays)
         if world > 1:
@@ -159,6 +186,13 @@ class ImageDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             generator=self._loader_rng(),
         )
+
+    def _train_progress(self) -> tuple[int, int]:
+        """(epoch, batches of it trained so far) when a checkpoint is saved."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def _loader_rng(self) -> torch.Generator:
         """A private generator: creating a DataLoader iterator draws a seed, and must not draw it from the global

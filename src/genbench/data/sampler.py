@@ -26,6 +26,9 @@ class IndexBatchSampler:
     shuffle, so a resumed run replays the same order as an uninterrupted one. It is read from ``epoch_source``
     (the trainer's ``current_epoch``) when given: Lightning may build and prefetch an epoch's iterator before it
     calls ``set_epoch`` on a resumed run, so ``set_epoch`` alone is not reliable.
+
+    ``resume_at(epoch, batches)`` makes the next iteration of ``epoch`` skip its first ``batches`` batches (same
+    order, nothing drawn twice): how a run resumed from a mid-epoch checkpoint continues exactly.
     """
 
     def __init__(
@@ -49,6 +52,10 @@ class IndexBatchSampler:
         self._epoch_source = epoch_source
         self.shard = partition_indices(n, world_size, seed)[rank] if world_size > 1 else torch.arange(n)
         self.per_rank = n // world_size if world_size > 1 else n
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        self._resume = (int(epoch), int(batches))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -65,10 +72,15 @@ class IndexBatchSampler:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         order = self.shard
+        epoch = self._epoch_source() if self._epoch_source is not None else self.epoch
+        skip = 0
+        if self._resume is not None:
+            resume_epoch, batches = self._resume
+            self._resume = None
+            skip = batches if resume_epoch == epoch else 0
         if self.shuffle:
-            epoch = self._epoch_source() if self._epoch_source is not None else self.epoch
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = order[torch.randperm(len(order), generator=generator)]
         order = order[: self.per_rank].to(self._device_now())  # one copy per epoch, none per step
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in range(skip * self.batch_size, len(self) * self.batch_size, self.batch_size):
             yield order[start : start + self.batch_size]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genbench.run.record import FINISHED, METRICS_FILE
+from genbench.run.record import FINISHED, METRICS_FILE, RUNNING, is_live
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,10 @@ def read_run(path: Path) -> Run | Problem:
     if not isinstance(metrics, dict):
         raise ValueError(f"{metrics_path} holds a JSON {type(metrics).__name__}, not an object")
     status = metrics.get("status")
+    if status == RUNNING and not is_live(metrics):  # SIGKILL, OOM killer, power loss: nothing else was written
+        return Problem(
+            path, "killed", f"process {metrics.get('pid')} on {metrics.get('host')} is gone; resume=true continues it"
+        )
     if status != FINISHED:
         return Problem(
             path, str(status) if status is not None else "no status", str(metrics.get("error") or "")

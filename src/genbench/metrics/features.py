@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from genbench.errors import UserError
 from genbench.io import atomic_path, torch_save
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ INCEPTION_RESIZER = "torch-fidelity bilinear, TF1.x-compatible, to 299x299"
 WEIGHTS_CONFIG_KEY = "eval.inception.weights_path"
 
 
-class InceptionWeightsUnavailable(FileNotFoundError):
+class InceptionWeightsUnavailable(UserError, FileNotFoundError):
     """The InceptionV3 weights are neither at the configured path nor in the torch hub cache, nor downloadable."""
 
 

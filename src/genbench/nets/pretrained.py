@@ -26,6 +26,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from genbench.errors import UserError
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,7 +36,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG16_BLOCK_ENDS = (4, 9, 16, 23, 30)
 
 
-class WeightsNotFound(FileNotFoundError):
+class WeightsNotFound(UserError, FileNotFoundError):
     """Pretrained weights are missing. The message names the file, where to put it and the alternative."""
 
 

@@ -1,10 +1,14 @@
-"""Run bookkeeping: throughput, RNG state in checkpoints, the config in checkpoints, one-line epoch logs."""
+"""The run's lifecycle callbacks: throughput, RNG and config in checkpoints, epoch logs, checkpoints during
+training, preemption signals, divergence."""
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -133,3 +137,159 @@ class EpochSummary(pl.Callback):
             time.perf_counter() - self._start,
             shown,
         )
+
+
+class LastCheckpoint(pl.Callback):
+    """Keeps ``<run_dir>/checkpoints/last.ckpt`` fresh: rewritten (atomically, through the trainer's checkpoint IO)
+    at the end of every epoch, every ``every_minutes`` of training within an epoch, every ``every_n_steps`` batches
+    when set, when Lightning stops on SIGTERM, and at the end of training (before the final evaluation).
+
+    Lightning's ``ModelCheckpoint(save_last=True, save_top_k=0)`` writes ``last`` only at the end of training, and
+    versions the name (``last-v1.ckpt``) in a folder that already has one; this callback writes the one file.
+    Under DDP the time-based decision is rank 0's, broadcast, so every rank saves (a collective) at the same step.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        every_minutes: float = 10.0,
+        every_n_steps: int = 0,
+        guard: DivergenceGuard | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.guard = guard  # checked before each save: a checkpoint never keeps diverged weights
+        self.every_seconds = every_minutes * 60.0
+        self.every_n_steps = every_n_steps
+        self.saves = 0
+        self._last_save = time.monotonic()
+
+    def save(self, trainer: pl.Trainer, why: str) -> None:
+        if self.guard is not None:
+            self.guard.check(trainer, trainer.lightning_module)
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._last_save = time.monotonic()
+        self.saves += 1
+        log.debug("checkpoint %s (%s, epoch %d, step %d)", self.path, why, trainer.current_epoch, trainer.global_step)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_save = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        batches = trainer.fit_loop.total_batch_idx + 1
+        due = bool(self.every_n_steps) and batches % self.every_n_steps == 0
+        if not due:
+            due = time.monotonic() - self._last_save >= self.every_seconds
+            if trainer.world_size > 1:
+                due = bool(trainer.strategy.broadcast(due, src=0))
+        if due:
+            self.save(trainer, "periodic")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.save(trainer, "epoch end")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.save(trainer, "end of training")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):  # raised at a batch boundary, on every rank: a clean state
+            self.save(trainer, "interrupted")
+
+
+class RunInterrupted(Exception):
+    """A signal stopped the run; ``signum`` names it. The latest checkpoint is in place."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
+
+
+class Preemption(pl.Callback):
+    """SIGTERM (preemption, ``kill``), SIGUSR1 (SLURM's warning before the time limit) and SIGINT stop the run.
+
+    During training batches the stop is deferred to the next batch boundary: Lightning's own SIGTERM handling
+    raises there on every rank (it broadcasts rank 0's signal), :class:`LastCheckpoint` saves, and the run ends
+    ``interrupted``; SIGUSR1 and SIGINT are turned into that SIGTERM. Anywhere else (data loading, evaluation,
+    the epoch-end hooks) it stops at once by raising :class:`RunInterrupted`, leaving the latest checkpoint (at most
+    one epoch or ``checkpoint.every_minutes`` old). Under SLURM with Lightning's auto-requeue, SIGUSR1 is left to
+    Lightning (it saves ``hpc_ckpt_*.ckpt`` and requeues the job) and the SIGTERM that follows ends the run here.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._deferred = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self, slurm_requeue: bool = False) -> None:
+        """Take SIGTERM, SIGINT and (unless SLURM requeues) SIGUSR1; call before anything slow starts."""
+        signals = [signal.SIGTERM, signal.SIGINT]
+        if not slurm_requeue:
+            signals.append(signal.SIGUSR1)
+        for signum in signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        first = self.received is None
+        if first:
+            self.received = signum
+            log.warning("received %s: stopping the run", signal.Signals(signum).name)
+        if not self._deferred or not first:  # a second signal stops at once, whatever the phase
+            raise RunInterrupted(self.received)
+        if signum != signal.SIGTERM:  # Lightning stops its loop on SIGTERM only: hand it one
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._deferred = True
+
+    def _stop_now_if_signalled(self) -> None:
+        self._deferred = False
+        if self.received is not None:
+            raise RunInterrupted(self.received)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop_now_if_signalled()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop_now_if_signalled()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._deferred = False
+
+
+class Diverged(RuntimeError):
+    """A training loss term became NaN or infinite."""
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops training when a logged loss term has become NaN or infinite, naming the term and the step.
+
+    The model records non-finite terms on the device every step (``GenerativeModel.log_train_step``); this reads
+    the record every ``every_n_steps`` batches and at each epoch end: one host sync per check, none per step.
+    """
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = max(1, int(every_n_steps))
+
+    def check(self, trainer, pl_module) -> None:
+        bad = pl_module.nonfinite_terms() if hasattr(pl_module, "nonfinite_terms") else {}
+        if not bad:
+            return
+        first = min(step for step, _ in bad.values())
+        terms = ", ".join(f"{name}={value}" for name, (step, value) in sorted(bad.items()) if step == first)
+        raise Diverged(
+            f"training diverged: {terms} at global step {first} (epoch {trainer.current_epoch}); "
+            "lower the learning rate or enable gradient clipping (trainer.gradient_clip_val), then start again"
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (trainer.fit_loop.total_batch_idx + 1) % self.every_n_steps == 0:
+            self.check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.check(trainer, pl_module)

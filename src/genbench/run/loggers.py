@@ -4,14 +4,18 @@ Lightning's WandbLogger would otherwise log into the previous job's run)."""
 
 from __future__ import annotations
 
+import csv
 import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
 from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 WANDB_ID_FILE = "wandb_id"
 
@@ -62,3 +66,25 @@ def finish_wandb(failed: bool) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish(exit_code=1 if failed else 0)
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSV logger, appending to an existing ``metrics.csv`` (a resumed run continues its history)
+    instead of deleting it, as Lightning's does ("Previous log files in this directory will be deleted")."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        """Keep what is there; take over its header so appended rows line up with it."""
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                header = next(csv.reader(file), [])
+            self.metrics_keys = sorted(header)

@@ -21,9 +21,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     rank = os.environ.get("RANK", os.environ["LOCAL_RANK"])
     logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    from genbench.run.outcome import run_entry
     from genbench.train import train
 
-    train(OmegaConf.load(args[0]))
+    run_entry(lambda: train(OmegaConf.load(args[0])))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,285 @@
+"""The run lifecycle: checkpoints during training, exact resume after a kill, signals, safe loading, divergence.
+
+These run real `python -m genbench` processes on the bundled digits and kill them the way a cluster or a user does
+(SIGKILL, SIGTERM, SIGUSR1), then compare the resumed run's final weights with an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from genbench.run.callbacks import Diverged
+from genbench.run.checkpoints import AtomicCheckpointIO, CheckpointWriteError, UnsafeCheckpoint, load_checkpoint
+from genbench.train import train
+from helpers import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+# every model, small and fast on digits; 22 batches of 64 per epoch
+SMALL = {
+    "glo": [],
+    "vae": [],
+    "mmd_vae": [],
+    "alae": ["experiment=alae_tiny"],
+    "incremental_glo": ["model.subset_epochs=1", "model.final_epochs=1", "model.encoder_epochs=1"],
+}
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"weights differ from the uninterrupted run: {differ}"
+
+
+def record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+class Run:
+    """A `python -m genbench` process with its stderr captured to a file, so a test can wait for a log line."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.log = cwd / f"run-{time.monotonic_ns()}.log"
+        env = {**os.environ, "GENBENCH_CACHE": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
+        env.pop("SLURM_NTASKS", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "genbench", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, needle: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited ({self.proc.returncode}) before {needle!r}:\n{self.text()[-3000:]}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"no {needle!r} after {timeout}s:\n{self.text()[-3000:]}")
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 300) -> int:
+        return self.proc.wait(timeout=timeout)
+
+
+COMMON = ["trainer.accelerator=cpu", "eval=none", "trainer.log_every_n_steps=5", "checkpoint.every_n_steps=3"]
+
+
+def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """Killed with SIGKILL mid-epoch three times (after epochs 2, 4 and 6 were logged), each time resumed with the
+    same command + resume=true, the run ends with exactly the weights of a run that was never interrupted; the CSV
+    log keeps every segment's rows."""
+    args = [*COMMON, "trainer.max_epochs=9", "hydra.run.dir=" + str(tmp_path / "ref")]
+    assert Run(args, tmp_path).finish() == 0
+    run_dir = tmp_path / "run"
+    args = [*COMMON, "trainer.max_epochs=9", f"hydra.run.dir={run_dir}"]
+    for i, epoch in enumerate((2, 4, 6)):
+        run = Run([*args, "resume=true"] if i else args, tmp_path)
+        run.wait_for(f"epoch {epoch}/9")
+        time.sleep(0.15)  # somewhere inside the next epoch
+        run.proc.send_signal(signal.SIGKILL)
+        assert run.finish() == -signal.SIGKILL
+        assert record(run_dir)["status"] == "running"  # nothing could be written; the leaderboard says "killed"
+        saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        assert saved["epoch"] >= epoch - 1  # at most one checkpoint interval old
+        assert not list(run_dir.rglob("*.tmp")) or True  # a kill mid-write may leave one: the next run removes it
+    last = Run([*args, "resume=true"], tmp_path)
+    assert last.finish() == 0, last.text()[-3000:]
+    assert "resuming from" in last.text()
+    assert not list(run_dir.rglob("*.tmp"))
+    assert record(run_dir)["status"] == "finished" and record(run_dir)["global_step"] == record(tmp_path / "ref")["global_step"]
+    assert_same_weights(weights(tmp_path / "ref"), weights(run_dir))
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    ref_rows = (tmp_path / "ref" / "csv" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == ref_rows[0] and len(rows) >= len(ref_rows)  # appended, never deleted
+    assert not list((run_dir / "checkpoints").glob("last-v*.ckpt"))
+
+
+def test_sigterm_and_sigusr1_save_exit_non_zero_and_resume_exactly(tmp_path):
+    """SIGUSR1 then SIGTERM: each saves a checkpoint at the next batch boundary, exits 128 + signal with an
+    'interrupted' record naming the signal and the step; resumed twice, the weights equal an uninterrupted run's."""
+    args = [*COMMON, "checkpoint.every_n_steps=0", "trainer.max_epochs=6"]
+    assert Run([*args, "hydra.run.dir=" + str(tmp_path / "ref")], tmp_path).finish() == 0
+    run_dir = tmp_path / "run"
+    args = [*args, f"hydra.run.dir={run_dir}"]
+    for i, (signum, epoch) in enumerate(((signal.SIGUSR1, 2), (signal.SIGTERM, 4))):
+        run = Run([*args, "resume=true"] if i else args, tmp_path)
+        run.wait_for(f"epoch {epoch}/6")
+        time.sleep(0.1)
+        run.proc.send_signal(signum)
+        assert run.finish(timeout=60) == 128 + signum, run.text()[-3000:]
+        stopped = record(run_dir)
+        assert stopped["status"] == "interrupted" and stopped["signal"] == signal.Signals(signum).name
+        saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        assert saved["global_step"] == stopped["global_step"] and stopped["epoch"] >= epoch
+        assert "Traceback" not in run.text()
+    last = Run([*args, "resume=true"], tmp_path)
+    assert last.finish() == 0, last.text()[-3000:]
+    assert_same_weights(weights(tmp_path / "ref"), weights(run_dir))
+
+
+def test_sigterm_during_evaluation_stops_it_promptly(tmp_path):
+    """The final evaluation (here it first trains the feature classifier, which takes many seconds) stops within
+    seconds of SIGTERM; the run is 'interrupted' with the trained weights in last.ckpt, and resume=true evaluates."""
+    run_dir = tmp_path / "run"
+    args = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "eval=fast", f"hydra.run.dir={run_dir}"]
+    run = Run(args, tmp_path)
+    run.wait_for("evaluating")
+    time.sleep(0.5)
+    sent = time.monotonic()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=60) == 143, run.text()[-3000:]
+    assert time.monotonic() - sent < 15
+    assert record(run_dir)["status"] == "interrupted" and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resumed = Run([*args, "resume=true"], tmp_path)
+    assert resumed.finish() == 0, resumed.text()[-3000:]
+    assert record(run_dir)["status"] == "finished" and "recon_mse_test" in record(run_dir)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_crash_after_a_mid_epoch_checkpoint_then_resume_is_exact(model, tmp_path, cache_dir, monkeypatch):
+    """Every model: a run that dies right after its 4th mid-epoch checkpoint (step 12 of a 22-batch epoch),
+    continued with resume=true, ends with the weights of an uninterrupted run."""
+    from genbench.run import callbacks
+
+    common = ["trainer.accelerator=cpu", "logger=none", "eval=none", "checkpoint.every_n_steps=4"]
+    common = [f"model={model}", *SMALL[model], *common]
+    epochs = "trainer.max_epochs=" + ("4" if model == "incremental_glo" else "2")
+    train(compose_config([*common, epochs], tmp_path / "ref"))
+
+    original = callbacks.LastCheckpoint.save
+
+    def crash_after_fourth(self, trainer, why):
+        original(self, trainer, why)
+        if self.saves == 4:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(callbacks.LastCheckpoint, "save", crash_after_fourth)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_config([*common, epochs], tmp_path / "run"))
+    assert record(tmp_path / "run")["status"] == "failed"
+    monkeypatch.setattr(callbacks.LastCheckpoint, "save", original)
+    train(compose_config([*common, epochs, "resume=true"], tmp_path / "run"))
+    assert_same_weights(weights(tmp_path / "ref"), weights(tmp_path / "run"))
+
+
+class _Marker:
+    """Unpickling this calls Path.touch(path): a checkpoint that would execute code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def crafted_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"state_dict": {}, "genbench_config": _Marker(marker)}, path)
+    return path
+
+
+def test_crafted_checkpoint_executes_nothing(tmp_path, cache_dir):
+    marker = tmp_path / "pwned"
+    ckpt = crafted_checkpoint(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(UnsafeCheckpoint, match="refusing to load checkpoint .*evil.ckpt"):
+        train(compose_config(["trainer.accelerator=cpu", "logger=none", "eval=none", f"ckpt_path={ckpt}"], tmp_path / "a"))
+    assert not marker.exists()
+    assert record(tmp_path / "a")["status"] == "failed"
+    # genbench.evaluate reads <run>/checkpoints/last.ckpt: the same refusal, one line, exit code 2
+    run_dir = tmp_path / "a"
+    crafted_checkpoint(run_dir / "checkpoints" / "last.ckpt", marker)
+    env = {**os.environ, "GENBENCH_CACHE": str(cache_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "genbench.evaluate", f"run_dir={run_dir}", "eval=fast"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "refusing to load checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()
+    # and the CLI's ckpt_path=
+    result = subprocess.run(
+        [sys.executable, "-m", "genbench", "eval=none", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'b'}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 2 and "refusing to load checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr and not marker.exists()
+
+
+def test_nan_loss_stops_the_run_naming_the_term_and_step(tmp_path, cache_dir):
+    cfg = compose_config(
+        ["model=vae", "model.lr=1e8", "trainer.accelerator=cpu", "logger=none", "eval=none", "divergence.check_every_n_steps=5"],
+        tmp_path / "run",
+    )
+    with pytest.raises(Diverged, match=r"train/\w+=(nan|inf|-inf).* at global step \d+"):
+        train(cfg)
+    failed = record(tmp_path / "run")
+    assert failed["status"] == "failed" and "diverged" in failed["error"]
+    assert failed["global_step"] < 22 * 5  # stopped within the first epochs, not at the end
+    if (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file():  # any checkpoint kept is a finite one
+        state = weights(tmp_path / "run")
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_unwritable_run_and_checkpoint_directories_fail_before_training(tmp_path, cache_dir):
+    # as root, permissions do not stop writes: a file where a folder must be does, for root too
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file, not a folder")
+    env = {**os.environ, "GENBENCH_CACHE": str(cache_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "genbench", "eval=none", f"hydra.run.dir={blocked / 'run'}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("not a folder")
+    from genbench.train import RunDirUnwritable
+
+    with pytest.raises(RunDirUnwritable, match="cannot write to .*checkpoints"):
+        train(compose_config(["trainer.accelerator=cpu", "logger=none", "eval=none"], run_dir))
+    with pytest.raises(CheckpointWriteError, match="cannot write checkpoint"):
+        AtomicCheckpointIO().save_checkpoint({"x": torch.zeros(1)}, tmp_path / "blocked" / "last.ckpt")
+
+
+def test_a_user_error_is_one_line_with_exit_code_2(tmp_path):
+    env = {**os.environ, "GENBENCH_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "genbench", "seed=abc", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("genbench: error:")]
+    assert len(lines) == 1 and "seed" in lines[0] and "Traceback" not in result.stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "genbench", "seed=abc", f"hydra.run.dir={tmp_path / 'run2'}"],
+        capture_output=True, text=True, env={**env, "HYDRA_FULL_ERROR": "1"}, timeout=300,
+    )
+    assert shown.returncode != 0 and "Traceback" in shown.stderr
+
+
+def test_a_second_process_cannot_train_in_a_live_run_directory(tmp_path, cache_dir):
+    from genbench.run.lock import RunDirInUse, RunLock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with RunLock(run_dir):
+        with pytest.raises(RunDirInUse, match="in use by another genbench process"):
+            train(compose_config(["trainer.accelerator=cpu", "logger=none", "eval=none"], run_dir))
