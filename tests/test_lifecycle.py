@@ -59,8 +59,8 @@ class Run:
             [sys.executable, "-m", "genbench", *args],
             cwd=cwd,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("w"),
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
         )
 
     def text(self) -> str:
@@ -129,7 +129,8 @@ def test_sigterm_and_sigusr1_save_exit_non_zero_and_resume_exactly(tmp_path):
         stopped = record(run_dir)
         assert stopped["status"] == "interrupted" and stopped["signal"] == signal.Signals(signum).name
         saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-        assert saved["global_step"] == stopped["global_step"] and stopped["epoch"] >= epoch
+        assert saved["global_step"] == stopped["checkpoint_global_step"] <= stopped["global_step"]
+        assert stopped["epoch"] >= epoch
         assert "Traceback" not in run.text()
     last = Run([*args, "resume=true"], tmp_path)
     assert last.finish() == 0, last.text()[-3000:]
@@ -154,10 +155,12 @@ def test_sigterm_during_evaluation_stops_it_promptly(tmp_path):
     assert record(run_dir)["status"] == "finished" and "recon_mse_test" in record(run_dir)
 
 
+@pytest.mark.parametrize("crash_at", [4, 6], ids=["mid-epoch", "epoch-end"])
 @pytest.mark.parametrize("model", MODELS)
-def test_crash_after_a_mid_epoch_checkpoint_then_resume_is_exact(model, tmp_path, cache_dir, monkeypatch):
-    """Every model: a run that dies right after its 4th mid-epoch checkpoint (step 12 of a 22-batch epoch),
-    continued with resume=true, ends with the weights of an uninterrupted run."""
+def test_crash_after_a_checkpoint_then_resume_is_exact(model, crash_at, tmp_path, cache_dir, monkeypatch):
+    """Every model: a run that dies right after its 4th checkpoint (batch 16 of a 22-batch epoch) or its 6th (the
+    first epoch's end, before the epoch-end hooks), continued with resume=true, ends with the weights of an
+    uninterrupted run."""
     from genbench.run import callbacks
 
     common = ["trainer.accelerator=cpu", "logger=none", "eval=none", "checkpoint.every_n_steps=4"]
@@ -167,12 +170,12 @@ def test_crash_after_a_mid_epoch_checkpoint_then_resume_is_exact(model, tmp_path
 
     original = callbacks.LastCheckpoint.save
 
-    def crash_after_fourth(self, trainer, why):
+    def crash(self, trainer, why):
         original(self, trainer, why)
-        if self.saves == 4:
+        if self.saves == crash_at:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(callbacks.LastCheckpoint, "save", crash_after_fourth)
+    monkeypatch.setattr(callbacks.LastCheckpoint, "save", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(compose_config([*common, epochs], tmp_path / "run"))
     assert record(tmp_path / "run")["status"] == "failed"
@@ -247,7 +250,8 @@ def test_unwritable_run_and_checkpoint_directories_fail_before_training(tmp_path
         [sys.executable, "-m", "genbench", "eval=none", f"hydra.run.dir={blocked / 'run'}"],
         capture_output=True, text=True, env=env, timeout=300,
     )
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    # Hydra creates the run directory before genbench runs: its own error, naming the path
+    assert result.returncode != 0 and str(blocked / "run") in result.stderr
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoints").write_text("not a folder")

@@ -26,6 +26,7 @@ from genbench.run.callbacks import (
     ConfigInCheckpoint,
     DivergenceGuard,
     EpochSummary,
+    FinalCheckpoint,
     LastCheckpoint,
     Preemption,
     RNGState,
@@ -61,18 +62,20 @@ def build_callbacks(
     checkpoint = LastCheckpoint(
         last_checkpoint(run_dir), cfg.checkpoint.every_minutes, cfg.checkpoint.every_n_steps, guard
     )
-    # order matters: the guard sees a diverged step before a checkpoint could keep it; the checkpoint is written
-    # before a signal ends the epoch, and before the evaluation starts
+    progress = TQDMProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochSummary()
+    # order matters: the guard sees a diverged step before a checkpoint could keep it; signals stop the epoch-end
+    # hooks at once; the final weights are saved before the final evaluation; the epoch's checkpoint comes last
     callbacks: list[pl.Callback] = [
         throughput,
         RNGState(),
         ConfigInCheckpoint(resolved),
         guard,
-        checkpoint,
         preemption,
+        FinalCheckpoint(checkpoint),
         evaluation,
+        progress,
+        checkpoint,
     ]
-    callbacks.append(TQDMProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochSummary())
     return callbacks, throughput, evaluation, checkpoint
 
 
@@ -192,6 +195,8 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
     preemption = Preemption()
     preemption.install(slurm_requeue=SLURMEnvironment.detect())
     trainer: pl.Trainer | None = None
+    checkpoint: LastCheckpoint | None = None
+    resumed_at: tuple[int, int] | None = None
     try:
         ckpt_path = resume_point(cfg, run_dir) if rank_zero else (cfg.ckpt_path or _worker_resume(cfg, run_dir))
         resolved = write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
@@ -201,7 +206,8 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
             print(OmegaConf.to_yaml(cfg, resolve=True))
         if ckpt_path:
             stored = check_compatible(ckpt_path, resolved)
-            log.info("resuming from %s (epoch %s, global step %s)", ckpt_path, stored.get("epoch"), stored.get("global_step"))
+            resumed_at = (int(stored.get("epoch", 0)), int(stored.get("global_step", 0)))
+            log.info("resuming from %s (epoch %d, global step %d)", ckpt_path, *resumed_at)
             del stored
         datamodule = hydra.utils.instantiate(cfg.data)
         model = hydra.utils.instantiate(cfg.model)
@@ -228,6 +234,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
         # DDP ranks on this node: started here, not by Lightning re-running the (Hydra sweep) command line
         with local_ranks(trainer, resolved, on_failure=worker_failure_handler(cfg, run_dir)):
             trainer.fit(fit_model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            evaluation.run_final_if_skipped(trainer, model)
         if trainer.is_global_zero and not last_checkpoint(run_dir).is_file():
             raise RuntimeError(f"training ended but {last_checkpoint(run_dir)} was not written")
         metrics = final_metrics(cfg, trainer, throughput, evaluation, model)
@@ -243,6 +250,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
                     trainer.current_epoch if trainer is not None else 0,
                     trainer.global_step if trainer is not None else 0,
                     str(checkpoint_file) if checkpoint_file.is_file() else None,
+                    checkpoint.saved_at if checkpoint is not None and checkpoint.saved_at else resumed_at,
                 ),
             )
             log.warning("run interrupted by %s; continue it with the same command and resume=true", signal_name(signum))

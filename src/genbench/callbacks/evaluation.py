@@ -87,6 +87,14 @@ class Evaluation(pl.Callback):
         self.seed = seed
         self.every_n_epochs = every_n_epochs
         self.results: dict[str, Any] = {}
+        self.ran_final = False
+        self._evaluated_epoch = -1  # in checkpoints: a resumed run does not repeat an epoch's evaluation
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"evaluated_epoch": self._evaluated_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._evaluated_epoch = int(state_dict.get("evaluated_epoch", -1))
 
     def _run(self, trainer: pl.Trainer, pl_module, final: bool) -> dict[str, Any]:
         distributed = trainer.world_size > 1
@@ -115,7 +123,18 @@ class Evaluation(pl.Callback):
         epoch = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
         if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not last:
+            if trainer.current_epoch == self._evaluated_epoch:
+                return
             self._run(trainer, pl_module, final=False)
+            self._evaluated_epoch = trainer.current_epoch
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         self.results = self._run(trainer, pl_module, final=True)
+        self.ran_final = True
+
+    def run_final_if_skipped(self, trainer: pl.Trainer, pl_module) -> None:
+        """The final evaluation of a run resumed from a checkpoint whose training was complete: Lightning then
+        skips the training loop and its ``on_train_end`` hooks, so the evaluation runs here, after ``fit``."""
+        if not self.ran_final:
+            log.info("training was already complete in the checkpoint: running the final evaluation")
+            self.on_train_end(trainer, pl_module)

@@ -32,9 +32,11 @@ class Throughput(pl.Callback):
         self.train_seconds = 0.0
         self._started: float | None = None
         self._fit_started = 0.0
+        self._before = 0.0  # training seconds of the run's earlier segments (resumed runs)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_started = time.perf_counter()
+        self._started = self._fit_started  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
 
     def _pause(self, pl_module) -> None:
         if self._started is not None:
@@ -61,7 +63,21 @@ class Throughput(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._pause(pl_module)
-        self.train_seconds = time.perf_counter() - self._fit_started
+        self.train_seconds = self._elapsed()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Totals so far, so a resumed run reports the whole run's training time and images."""
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return {"images": self.images, "loop_seconds": self.loop_seconds + running, "train_seconds": self._elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.images = int(state_dict.get("images", 0))
+        self.loop_seconds = float(state_dict.get("loop_seconds", 0.0))
+        self._before = self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+
+    def _elapsed(self) -> float:
+        running = time.perf_counter() - self._fit_started if self._fit_started else 0.0
+        return self._before + running
 
     @property
     def images_per_second(self) -> float | None:
@@ -122,11 +138,15 @@ class ConfigInCheckpoint(pl.Callback):
 class EpochSummary(pl.Callback):
     """One log line per epoch, for non-interactive runs where a progress bar would flood the log."""
 
+    def __init__(self) -> None:
+        self._start: float | None = None
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
+        started, self._start = self._start, None
+        if not trainer.is_global_zero or started is None:  # None: an epoch end replayed on resume
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith("_step"))
@@ -134,14 +154,14 @@ class EpochSummary(pl.Callback):
             "epoch %d/%s (%.1fs) %s",
             trainer.current_epoch + 1,
             trainer.max_epochs,
-            time.perf_counter() - self._start,
+            time.perf_counter() - started,
             shown,
         )
 
 
 class LastCheckpoint(pl.Callback):
     """Keeps ``<run_dir>/checkpoints/last.ckpt`` fresh: rewritten (atomically, through the trainer's checkpoint IO)
-    at the end of every epoch, every ``every_minutes`` of training within an epoch, every ``every_n_steps`` batches
+    after the last batch of every epoch, every ``every_minutes`` of training within an epoch, every ``every_n_steps`` batches
     when set, when Lightning stops on SIGTERM, and at the end of training (before the final evaluation).
 
     Lightning's ``ModelCheckpoint(save_last=True, save_top_k=0)`` writes ``last`` only at the end of training, and
@@ -161,6 +181,7 @@ class LastCheckpoint(pl.Callback):
         self.every_seconds = every_minutes * 60.0
         self.every_n_steps = every_n_steps
         self.saves = 0
+        self.saved_at: tuple[int, int] | None = None  # (epoch, global step) of the checkpoint now on disk
         self._last_save = time.monotonic()
 
     def save(self, trainer: pl.Trainer, why: str) -> None:
@@ -169,12 +190,15 @@ class LastCheckpoint(pl.Callback):
         trainer.save_checkpoint(self.path, weights_only=False)
         self._last_save = time.monotonic()
         self.saves += 1
+        self.saved_at = (trainer.current_epoch, trainer.global_step)
         log.debug("checkpoint %s (%s, epoch %d, step %d)", self.path, why, trainer.current_epoch, trainer.global_step)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_save = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the epoch's own checkpoint follows, in on_train_epoch_end
         batches = trainer.fit_loop.total_batch_idx + 1
         due = bool(self.every_n_steps) and batches % self.every_n_steps == 0
         if not due:
@@ -185,16 +209,29 @@ class LastCheckpoint(pl.Callback):
             self.save(trainer, "periodic")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Last of the callbacks, after validation and the periodic evaluation; the model's own epoch-end hook runs
+        # after it. A run resumed from here runs the epoch-end hooks again (Lightning does): the model's thus runs
+        # once, as in the uninterrupted run, and genbench's callbacks skip an epoch they already handled.
         self.save(trainer, "epoch end")
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.save(trainer, "end of training")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-        if isinstance(exception, SIGTERMException):  # raised at a batch boundary, on every rank: a clean state
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if isinstance(exception, SIGTERMException) and batches < trainer.num_training_batches:
+            # raised at a batch boundary on every rank: a state to resume from exactly. After an epoch's last batch
+            # it is not (its epoch-end hooks have not run, and Lightning would skip them): the previous stays.
             self.save(trainer, "interrupted")
+
+
+class FinalCheckpoint(pl.Callback):
+    """Saves the trained weights when training ends, before the final evaluation starts (placed before it)."""
+
+    def __init__(self, checkpoint: LastCheckpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.checkpoint.save(trainer, "end of training")
 
 
 class RunInterrupted(Exception):
@@ -219,6 +256,7 @@ class Preemption(pl.Callback):
     def __init__(self) -> None:
         self.received: int | None = None
         self._deferred = False
+        self._forwarded = False
         self._previous: dict[int, Any] = {}
 
     def install(self, slurm_requeue: bool = False) -> None:
@@ -235,6 +273,9 @@ class Preemption(pl.Callback):
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGTERM and self._forwarded:  # our own, for Lightning: already handled
+            self._forwarded = False
+            return
         first = self.received is None
         if first:
             self.received = signum
@@ -242,6 +283,7 @@ class Preemption(pl.Callback):
         if not self._deferred or not first:  # a second signal stops at once, whatever the phase
             raise RunInterrupted(self.received)
         if signum != signal.SIGTERM:  # Lightning stops its loop on SIGTERM only: hand it one
+            self._forwarded = True
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -252,8 +294,17 @@ class Preemption(pl.Callback):
         if self.received is not None:
             raise RunInterrupted(self.received)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            self._deferred = False  # the epoch-end hooks follow: a signal now stops them at once
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._stop_now_if_signalled()
+        stop = self.received is not None
+        if trainer.world_size > 1:  # every rank stops here, or none
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        self._deferred = False
+        if stop:
+            raise RunInterrupted(self.received or signal.SIGTERM)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._stop_now_if_signalled()

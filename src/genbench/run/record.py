@@ -88,9 +88,15 @@ def failure_record(who: dict[str, Any], error: str, **where: Any) -> dict[str, A
 
 
 def interrupted_record(
-    who: dict[str, Any], signal_name: str, epoch: int, global_step: int, checkpoint: str | None
+    who: dict[str, Any],
+    signal_name: str,
+    epoch: int,
+    global_step: int,
+    checkpoint: str | None,
+    checkpoint_at: tuple[int, int] | None,
 ) -> dict[str, Any]:
-    return {
+    """``epoch``/``global_step``: where training stopped; ``checkpoint_*``: where resuming will continue from."""
+    record = {
         "status": INTERRUPTED,
         **who,
         "signal": signal_name,
@@ -99,6 +105,9 @@ def interrupted_record(
         "checkpoint": checkpoint,
         "resume": "run the same command with resume=true",
     }
+    if checkpoint and checkpoint_at is not None:
+        record["checkpoint_epoch"], record["checkpoint_global_step"] = checkpoint_at
+    return record
 
 
 def is_live(record: dict[str, Any]) -> bool:
