@@ -22,7 +22,6 @@ from genbench.classifier import classifier_path, load_classifier, load_or_train
 from genbench.data import ImageDataModule
 from genbench.data.sources import DigitsSource
 from genbench.evaluate import main as evaluate_main
-from genbench.run.record import merge_metrics
 from genbench.evaluators.base import EvalContext
 from genbench.evaluators.distributed import shard, shard_sizes
 from genbench.evaluators.generative import (
@@ -35,6 +34,7 @@ from genbench.evaluators.generative import (
 from genbench.interface import GenerativeModel
 from genbench.metrics import write_random_inception_weights
 from genbench.metrics.features import INCEPTION_RESIZER, INCEPTION_WEIGHTS_FILE
+from genbench.run.record import merge_metrics
 from helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]

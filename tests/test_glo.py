@@ -268,7 +268,7 @@ def test_training_lowers_recon_mse_below_the_mean_image(trained):
 
 def test_checkpoint_rebuilt_from_config_restores_codes_and_sampler(trained):
     cfg, datamodule, model, last = trained
-    checkpoint = torch.load(last, weights_only=False)
+    checkpoint = torch.load(last, weights_only=True)
     state = checkpoint["state_dict"]
     assert state["codes.weight"].shape == (len(datamodule.split("train")), 16)
     assert bool(state["sampler.fitted"])  # fitted at the end of training, before the last checkpoint
@@ -421,7 +421,7 @@ def test_lightning_ddp_trains_every_code_and_saves_the_whole_table(tmp_path):
     assert len(torch.unique(all_seen)) == n
     assert (whole != ranks[0]["initial"]).any(dim=1).all()
     # Rank 0's checkpoint holds the whole table, optimiser state included: each row's update count is exact.
-    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(saved["codes.weight"], whole)
     assert torch.equal(saved["codes.steps"], torch.bincount(all_seen, minlength=n))
     assert bool(saved["sampler.fitted"])

@@ -220,7 +220,7 @@ def test_checkpoint_mid_stage_resumes_in_that_stage_with_the_saved_split(cache, 
     saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, filename="{step}")
     cpu_trainer(max_steps=5, enable_checkpointing=True, callbacks=[saver]).fit(first, digits(cache))
     checkpoint = tmp_path / "step=4.ckpt"  # epoch 1 of subset1's epochs 0-1, one batch in
-    saved = torch.load(checkpoint, weights_only=False)
+    saved = torch.load(checkpoint, weights_only=True)
     assert saved["incremental_glo"]["stage"] == "subset1" and saved["epoch"] == 1
     assert (tmp_path / "curriculum.json").is_file()
 

@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -459,3 +460,15 @@ def test_html_screenshot(browser, page, tmp_path):
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 50  # text, table shading and plot, not a blank page
     assert shot.stat().st_size > 10_000
+
+
+def test_a_run_killed_while_running_is_listed_as_killed(tmp_path):
+    """SIGKILL leaves metrics.json saying 'running'; the board tells a dead process from a live one."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    base = {"status": "running", "model": "vae", "data": "mnist", "seed": 0, "host": socket.gethostname()}
+    write_run(tmp_path / "dead", {**base, "pid": dead.pid})
+    write_run(tmp_path / "live", {**base, "pid": os.getpid()})
+    problems = {p.path.name: (p.status, p.error) for p in collect([tmp_path]).problems}
+    assert problems["dead"][0] == "killed" and "resume=true" in problems["dead"][1]
+    assert problems["live"][0] == "running"

@@ -18,7 +18,12 @@ import pytest
 import torch
 
 from genbench.run.callbacks import Diverged
-from genbench.run.checkpoints import AtomicCheckpointIO, CheckpointWriteError, UnsafeCheckpoint, load_checkpoint
+from genbench.run.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    UnsafeCheckpoint,
+    load_checkpoint,
+)
 from genbench.train import train
 from helpers import compose_config
 
@@ -70,7 +75,9 @@ class Run:
         deadline = time.monotonic() + timeout
         while needle not in self.text():
             if self.proc.poll() is not None:
-                raise AssertionError(f"exited ({self.proc.returncode}) before {needle!r}:\n{self.text()[-3000:]}")
+                raise AssertionError(
+                    f"exited ({self.proc.returncode}) before {needle!r}:\n{self.text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 self.proc.kill()
                 raise AssertionError(f"no {needle!r} after {timeout}s:\n{self.text()[-3000:]}")
@@ -97,15 +104,22 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_weights(tmp_p
         time.sleep(0.15)  # somewhere inside the next epoch
         run.proc.send_signal(signal.SIGKILL)
         assert run.finish() == -signal.SIGKILL
-        assert record(run_dir)["status"] == "running"  # nothing could be written; the leaderboard says "killed"
+        assert (
+            record(run_dir)["status"] == "running"
+        )  # nothing could be written; the leaderboard says "killed"
         saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         assert saved["epoch"] >= epoch - 1  # at most one checkpoint interval old
-        assert not list(run_dir.rglob("*.tmp")) or True  # a kill mid-write may leave one: the next run removes it
+        assert (
+            not list(run_dir.rglob("*.tmp")) or True
+        )  # a kill mid-write may leave one: the next run removes it
     last = Run([*args, "resume=true"], tmp_path)
     assert last.finish() == 0, last.text()[-3000:]
     assert "resuming from" in last.text()
     assert not list(run_dir.rglob("*.tmp"))
-    assert record(run_dir)["status"] == "finished" and record(run_dir)["global_step"] == record(tmp_path / "ref")["global_step"]
+    assert (
+        record(run_dir)["status"] == "finished"
+        and record(run_dir)["global_step"] == record(tmp_path / "ref")["global_step"]
+    )
     assert_same_weights(weights(tmp_path / "ref"), weights(run_dir))
     rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     ref_rows = (tmp_path / "ref" / "csv" / "metrics.csv").read_text().splitlines()
@@ -203,7 +217,11 @@ def test_crafted_checkpoint_executes_nothing(tmp_path, cache_dir):
     marker = tmp_path / "pwned"
     ckpt = crafted_checkpoint(tmp_path / "evil.ckpt", marker)
     with pytest.raises(UnsafeCheckpoint, match="refusing to load checkpoint .*evil.ckpt"):
-        train(compose_config(["trainer.accelerator=cpu", "logger=none", "eval=none", f"ckpt_path={ckpt}"], tmp_path / "a"))
+        train(
+            compose_config(
+                ["trainer.accelerator=cpu", "logger=none", "eval=none", f"ckpt_path={ckpt}"], tmp_path / "a"
+            )
+        )
     assert not marker.exists()
     assert record(tmp_path / "a")["status"] == "failed"
     # genbench.evaluate reads <run>/checkpoints/last.ckpt: the same refusal, one line, exit code 2
@@ -212,15 +230,28 @@ def test_crafted_checkpoint_executes_nothing(tmp_path, cache_dir):
     env = {**os.environ, "GENBENCH_CACHE": str(cache_dir)}
     result = subprocess.run(
         [sys.executable, "-m", "genbench.evaluate", f"run_dir={run_dir}", "eval=fast"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "refusing to load checkpoint" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()
     # and the CLI's ckpt_path=
     result = subprocess.run(
-        [sys.executable, "-m", "genbench", "eval=none", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'b'}"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "genbench",
+            "eval=none",
+            f"ckpt_path={ckpt}",
+            f"hydra.run.dir={tmp_path / 'b'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 2 and "refusing to load checkpoint" in result.stderr
     assert "Traceback" not in result.stderr and not marker.exists()
@@ -228,7 +259,14 @@ def test_crafted_checkpoint_executes_nothing(tmp_path, cache_dir):
 
 def test_nan_loss_stops_the_run_naming_the_term_and_step(tmp_path, cache_dir):
     cfg = compose_config(
-        ["model=vae", "model.lr=1e8", "trainer.accelerator=cpu", "logger=none", "eval=none", "divergence.check_every_n_steps=5"],
+        [
+            "model=vae",
+            "model.lr=1e8",
+            "trainer.accelerator=cpu",
+            "logger=none",
+            "eval=none",
+            "divergence.check_every_n_steps=5",
+        ],
         tmp_path / "run",
     )
     with pytest.raises(Diverged, match=r"train/\w+=(nan|inf|-inf).* at global step \d+"):
@@ -248,7 +286,10 @@ def test_unwritable_run_and_checkpoint_directories_fail_before_training(tmp_path
     env = {**os.environ, "GENBENCH_CACHE": str(cache_dir)}
     result = subprocess.run(
         [sys.executable, "-m", "genbench", "eval=none", f"hydra.run.dir={blocked / 'run'}"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     # Hydra creates the run directory before genbench runs: its own error, naming the path
     assert result.returncode != 0 and str(blocked / "run") in result.stderr
@@ -267,14 +308,20 @@ def test_a_user_error_is_one_line_with_exit_code_2(tmp_path):
     env = {**os.environ, "GENBENCH_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
         [sys.executable, "-m", "genbench", "seed=abc", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("genbench: error:")]
     assert len(lines) == 1 and "seed" in lines[0] and "Traceback" not in result.stderr
     shown = subprocess.run(
         [sys.executable, "-m", "genbench", "seed=abc", f"hydra.run.dir={tmp_path / 'run2'}"],
-        capture_output=True, text=True, env={**env, "HYDRA_FULL_ERROR": "1"}, timeout=300,
+        capture_output=True,
+        text=True,
+        env={**env, "HYDRA_FULL_ERROR": "1"},
+        timeout=300,
     )
     assert shown.returncode != 0 and "Traceback" in shown.stderr
 
@@ -287,3 +334,46 @@ def test_a_second_process_cannot_train_in_a_live_run_directory(tmp_path, cache_d
     with RunLock(run_dir):
         with pytest.raises(RunDirInUse, match="in use by another genbench process"):
             train(compose_config(["trainer.accelerator=cpu", "logger=none", "eval=none"], run_dir))
+
+
+def test_under_slurm_requeue_sigusr1_is_left_to_lightning():
+    """With Lightning's SLURM auto-requeue, genbench must not take SIGUSR1 (Lightning registers its requeue handler
+    only where none is set); SIGTERM is genbench's in both cases."""
+    from genbench.run.callbacks import Preemption
+
+    before = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
+    guard = Preemption()
+    guard.install(slurm_requeue=True)
+    try:
+        assert signal.getsignal(signal.SIGUSR1) is before[0]
+        assert signal.getsignal(signal.SIGTERM) == guard._handle
+    finally:
+        guard.uninstall()
+    guard.install(slurm_requeue=False)
+    try:
+        assert signal.getsignal(signal.SIGUSR1) == guard._handle
+    finally:
+        guard.uninstall()
+    assert (signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_divergence_from_the_command_line_is_one_line_and_exit_1(tmp_path):
+    env = {**os.environ, "GENBENCH_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genbench",
+            "model=vae",
+            "model.lr=1e8",
+            "eval=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "genbench: error: training diverged" in result.stderr and "Traceback" not in result.stderr
+    assert record(tmp_path / "run")["status"] == "failed"

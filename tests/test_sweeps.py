@@ -20,8 +20,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import fake_slurm
-from genbench.run.launcher import LocalRanks, WorkerFailed
 from genbench.leaderboard.published import load_published
+from genbench.run.launcher import LocalRanks, WorkerFailed
 from helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 class RunNotFound(UserError, FileNotFoundError):
     """run_dir is not a genbench run directory."""
 
+
 USAGE = "usage: python -m genbench.evaluate run_dir=<path> [eval=<name>] [eval.<key>=<value> ...] [device=auto|cpu|cuda] [checkpoint=<path>]"
 
 
@@ -84,8 +85,8 @@ def load_model(cfg: DictConfig, checkpoint: Path, device: torch.device):
     """The run's model, rebuilt from its config, with the checkpoint's weights (GLO's code table resizes on load)."""
     import hydra
 
-    from genbench.run.checkpoints import load_checkpoint
     from genbench.interface import GenerativeModel
+    from genbench.run.checkpoints import load_checkpoint
 
     model = hydra.utils.instantiate(cfg.model)
     if not isinstance(model, GenerativeModel):

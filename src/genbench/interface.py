@@ -103,7 +103,9 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
             return {}
         names, first, seen = watch
         steps, values = first.tolist(), seen.tolist()
-        return {name: (step, value) for name, step, value in zip(names, steps, values) if step >= 0}
+        return {
+            name: (step, value) for name, step, value in zip(names, steps, values, strict=True) if step >= 0
+        }
 
     def _logs_this_step(self, batch_idx: int) -> bool:
         trainer = self._trainer

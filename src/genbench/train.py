@@ -111,7 +111,9 @@ def worker_failure_handler(cfg: DictConfig, run_dir: Path) -> Callable[[int, int
     """What rank 0 does when a DDP worker dies: record the failure, then end (it may be blocked in a collective)."""
 
     def on_failure(rank: int, code: int) -> None:
-        record.write_record(run_dir, record.failure_record(who(cfg), f"DDP rank {rank} exited with code {code}"))
+        record.write_record(
+            run_dir, record.failure_record(who(cfg), f"DDP rank {rank} exited with code {code}")
+        )
         kill_this_process(rank, code)
 
     return on_failure
@@ -192,14 +194,19 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     pl.seed_everything(cfg.seed, workers=True)
+    on_slurm = SLURMEnvironment.detect()
     preemption = Preemption()
-    preemption.install(slurm_requeue=SLURMEnvironment.detect())
+    preemption.install(slurm_requeue=on_slurm and bool(cfg.get("slurm_auto_requeue", True)))
     trainer: pl.Trainer | None = None
     checkpoint: LastCheckpoint | None = None
     resumed_at: tuple[int, int] | None = None
     try:
-        ckpt_path = resume_point(cfg, run_dir) if rank_zero else (cfg.ckpt_path or _worker_resume(cfg, run_dir))
-        resolved = write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
+        ckpt_path = (
+            resume_point(cfg, run_dir) if rank_zero else (cfg.ckpt_path or _worker_resume(cfg, run_dir))
+        )
+        resolved = (
+            write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
+        )
         if rank_zero:
             record.write_record(run_dir, record.running_record(who(cfg), resumed_from=ckpt_path))
         if cfg.print_config and rank_zero:
@@ -226,7 +233,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
             logger=loggers,
             enable_progress_bar=sys.stderr.isatty(),
             enable_checkpointing=False,  # LastCheckpoint writes checkpoints/last.ckpt
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(), *slurm_plugins(cfg, on_slurm)],
             strategy=strategy_for(cfg.trainer.strategy, model),
         )
         fit_model = torch.compile(model) if cfg.compile else model
@@ -253,13 +260,18 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
                     checkpoint.saved_at if checkpoint is not None and checkpoint.saved_at else resumed_at,
                 ),
             )
-            log.warning("run interrupted by %s; continue it with the same command and resume=true", signal_name(signum))
+            log.warning(
+                "run interrupted by %s; continue it with the same command and resume=true",
+                signal_name(signum),
+            )
         finish_wandb(failed=True)
         raise RunInterrupted(signum) from None
     except BaseException as exc:
         if rank_zero:
             where = {"epoch": trainer.current_epoch, "global_step": trainer.global_step} if trainer else {}
-            record.write_record(run_dir, record.failure_record(who(cfg), f"{type(exc).__name__}: {exc}", **where))
+            record.write_record(
+                run_dir, record.failure_record(who(cfg), f"{type(exc).__name__}: {exc}", **where)
+            )
         finish_wandb(failed=True)
         raise
     finally:
@@ -273,6 +285,13 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
             print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")
     finish_wandb(failed=False)  # a sweep's next job in this process must start its own W&B run
     return metrics
+
+
+def slurm_plugins(cfg: DictConfig, on_slurm: bool) -> list[Any]:
+    """Lightning's SLURM environment with genbench's requeue switch (Lightning's own requeue, not a home-made one)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=bool(cfg.get("slurm_auto_requeue", True)))] if on_slurm else []
 
 
 def _worker_resume(cfg: DictConfig, run_dir: Path) -> str | None:

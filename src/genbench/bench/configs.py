@@ -13,11 +13,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from genbench.run.paths import CONFIG_DIR
-from genbench.run.resume import register_resolvers
 from genbench.data import ImageArrays, ImageDataModule
 from genbench.data.sources import ImageSource
 from genbench.interface import GenerativeModel
+from genbench.run.paths import CONFIG_DIR
+from genbench.run.resume import register_resolvers
 
 CONF = CONFIG_DIR
 # Image side -> the data config whose shape it stands for: MNIST 1x28x28, CelebA 3x64x64.

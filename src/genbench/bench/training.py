@@ -20,9 +20,9 @@ from lightning_fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig
 
 from genbench.bench.timing import PeakMemory, StepClock, StepTimer, StopFit, step_stats
-from genbench.run.callbacks import Throughput
 from genbench.data import Batch, ImageArrays, ImageDataModule
 from genbench.interface import GenerativeModel
+from genbench.run.callbacks import Throughput
 
 log = logging.getLogger(__name__)
 

@@ -107,9 +107,13 @@ def read_run(path: Path) -> Run | Problem:
     if not isinstance(metrics, dict):
         raise ValueError(f"{metrics_path} holds a JSON {type(metrics).__name__}, not an object")
     status = metrics.get("status")
-    if status == RUNNING and not is_live(metrics):  # SIGKILL, OOM killer, power loss: nothing else was written
+    if status == RUNNING and not is_live(
+        metrics
+    ):  # SIGKILL, OOM killer, power loss: nothing else was written
         return Problem(
-            path, "killed", f"process {metrics.get('pid')} on {metrics.get('host')} is gone; resume=true continues it"
+            path,
+            "killed",
+            f"process {metrics.get('pid')} on {metrics.get('host')} is gone; resume=true continues it",
         )
     if status != FINISHED:
         return Problem(

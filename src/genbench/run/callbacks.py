@@ -15,6 +15,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from genbench.errors import ExpectedFailure
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,9 @@ class Throughput(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_started = time.perf_counter()
-        self._started = self._fit_started  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+        self._started = (
+            self._fit_started
+        )  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
 
     def _pause(self, pl_module) -> None:
         if self._started is not None:
@@ -68,7 +72,11 @@ class Throughput(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         """Totals so far, so a resumed run reports the whole run's training time and images."""
         running = time.perf_counter() - self._started if self._started is not None else 0.0
-        return {"images": self.images, "loop_seconds": self.loop_seconds + running, "train_seconds": self._elapsed()}
+        return {
+            "images": self.images,
+            "loop_seconds": self.loop_seconds + running,
+            "train_seconds": self._elapsed(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.images = int(state_dict.get("images", 0))
@@ -191,7 +199,13 @@ class LastCheckpoint(pl.Callback):
         self._last_save = time.monotonic()
         self.saves += 1
         self.saved_at = (trainer.current_epoch, trainer.global_step)
-        log.debug("checkpoint %s (%s, epoch %d, step %d)", self.path, why, trainer.current_epoch, trainer.global_step)
+        log.debug(
+            "checkpoint %s (%s, epoch %d, step %d)",
+            self.path,
+            why,
+            trainer.current_epoch,
+            trainer.global_step,
+        )
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_save = time.monotonic()
@@ -313,7 +327,7 @@ class Preemption(pl.Callback):
         self._deferred = False
 
 
-class Diverged(RuntimeError):
+class Diverged(ExpectedFailure, RuntimeError):
     """A training loss term became NaN or infinite."""
 
 

@@ -67,7 +67,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"refusing to load checkpoint {path}: it holds more than tensors and plain containers "
                 f"({refused}); genbench never executes code from a checkpoint. Use a checkpoint written by genbench"
             ) from None
-        raise IncompatibleCheckpoint(f"cannot read checkpoint {path}: not a torch checkpoint (corrupt or truncated)") from None
+        raise IncompatibleCheckpoint(
+            f"cannot read checkpoint {path}: not a torch checkpoint (corrupt or truncated)"
+        ) from None
     except Exception as exc:  # torch raises many types for a corrupt file; all mean the same to the user
         raise IncompatibleCheckpoint(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(loaded, dict):

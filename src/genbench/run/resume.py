@@ -48,7 +48,8 @@ def _newest_match(parent: Path, marker: str, key: Sequence[str], overrides: Sequ
     matches = [
         folder
         for folder in parent.iterdir()
-        if folder.is_dir() and _read_overrides(folder / marker, key) is not None
+        if folder.is_dir()
+        and _read_overrides(folder / marker, key) is not None
         and _comparable(_read_overrides(folder / marker, key) or []) == wanted
     ]
     return max(matches, key=lambda f: (f.stat().st_mtime, f.name)) if matches else None
@@ -56,7 +57,11 @@ def _newest_match(parent: Path, marker: str, key: Sequence[str], overrides: Sequ
 
 def run_dir(parent: str, stamp: str, resume: Any, overrides: Sequence[str]) -> str:
     """``hydra.run.dir``: ``<parent>/<stamp>``, or the run to resume."""
-    if isinstance(resume, str) and wants_resume(resume) and resume.strip().lower() not in ("true", "1", "yes"):
+    if (
+        isinstance(resume, str)
+        and wants_resume(resume)
+        and resume.strip().lower() not in ("true", "1", "yes")
+    ):
         return str(Path(resume).expanduser())
     if wants_resume(resume):
         found = _newest_match(Path(parent), ".hydra/overrides.yaml", (), list(overrides))

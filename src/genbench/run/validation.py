@@ -286,7 +286,7 @@ def validate_config(cfg: DictConfig) -> None:
         _int(cfg, "checkpoint.every_n_steps", 0, example=0, note=" (0: no step checkpoints)")
     _int(cfg, "divergence.check_every_n_steps", 1, example=50)
     _bool(cfg, "resume", or_path=True)
-    for key in ("compile", "print_config"):
+    for key in ("compile", "print_config", "slurm_auto_requeue"):
         _bool(cfg, key)
     ckpt = _get(cfg, "ckpt_path")
     if ckpt not in (_ABSENT, None) and not (isinstance(ckpt, str) and ckpt.strip()):
