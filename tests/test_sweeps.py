@@ -77,7 +77,7 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def only_sweep(cwd: Path) -> Path:
-    sweeps = list((cwd / "multirun").iterdir())
+    sweeps = [p for p in (cwd / "multirun").iterdir() if not p.name.startswith(".")]  # .resume-<time> markers
     assert len(sweeps) == 1, f"expected one multirun folder, found {sweeps}"
     assert not (cwd / "outputs").exists()
     return sweeps[0]
@@ -215,3 +215,20 @@ def test_slurm_launcher_is_sized_from_the_trainer():
         2,
         90,
     )
+
+
+def test_a_sweep_run_again_with_resume_true_continues_in_its_own_folders(tmp_path):
+    """resume=true on a sweep finds the sweep folder of the same overrides and each job its own run directory: a job
+    interrupted by SIGTERM continues from its checkpoint, a finished one is left as it is, no new folder appears."""
+    genbench("-m", "seed=0,1", *TINY, cwd=tmp_path)
+    sweep = only_sweep(tmp_path)
+    dirs = run_dirs(tmp_path)
+    finished = (dirs[0] / "metrics.json").read_text()
+    # job 1's record marked interrupted (tests/test_lifecycle.py interrupts real runs mid-epoch)
+    interrupted = json.loads((dirs[1] / "metrics.json").read_text())
+    (dirs[1] / "metrics.json").write_text(json.dumps({**interrupted, "status": "interrupted"}))
+    result = genbench("-m", "seed=0,1", *TINY, "resume=true", cwd=tmp_path)
+    assert only_sweep(tmp_path) == sweep and run_dirs(tmp_path) == dirs
+    assert (dirs[0] / "metrics.json").read_text() == finished
+    assert "already finished; nothing to do" in result.stdout + result.stderr
+    assert json.loads((dirs[1] / "metrics.json").read_text())["status"] == "finished"

@@ -70,13 +70,34 @@ def run_dir(parent: str, stamp: str, resume: Any, overrides: Sequence[str]) -> s
     return f"{parent}/{stamp}"
 
 
+_SWEEP_CHOICES: dict[tuple[str, str], str] = {}
+
+
 def sweep_dir(parent: str, stamp: str, resume: Any, overrides: Sequence[str]) -> str:
-    """``hydra.sweep.dir``: ``<parent>/<stamp>``, or the sweep to resume."""
-    if wants_resume(resume):
-        found = _newest_match(Path(parent), "multirun.yaml", ("hydra", "overrides", "task"), list(overrides))
-        if found is not None:
-            return str(found)
-    return f"{parent}/{stamp}"
+    """``hydra.sweep.dir``: ``<parent>/<stamp>``, or the sweep to resume.
+
+    Hydra resolves it once for the sweep (``overrides`` are then the sweep's) and again in each job (with the job's
+    own overrides, and the sweep's ``${now:}`` stamp): the sweep's answer is kept, in this process and in
+    ``<parent>/.resume-<stamp>`` for jobs that run in other processes (joblib, submitit).
+    """
+    if not wants_resume(resume):
+        return f"{parent}/{stamp}"
+    key = (parent, stamp)
+    if key not in _SWEEP_CHOICES:
+        marker = Path(parent) / f".resume-{stamp}"
+        if marker.is_file():
+            _SWEEP_CHOICES[key] = marker.read_text().strip()
+        else:
+            found = _newest_match(
+                Path(parent), "multirun.yaml", ("hydra", "overrides", "task"), list(overrides)
+            )
+            _SWEEP_CHOICES[key] = str(found) if found is not None else f"{parent}/{stamp}"
+            if found is not None:
+                from genbench.io import atomic_path
+
+                with atomic_path(marker) as tmp:
+                    tmp.write_text(_SWEEP_CHOICES[key] + "\n")
+    return _SWEEP_CHOICES[key]
 
 
 def register_resolvers() -> None:
