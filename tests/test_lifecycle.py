@@ -296,7 +296,7 @@ def test_unwritable_run_and_checkpoint_directories_fail_before_training(tmp_path
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoints").write_text("not a folder")
-    from genbench.train import RunDirUnwritable
+    from genbench.run.lifecycle import RunDirUnwritable
 
     with pytest.raises(RunDirUnwritable, match="cannot write to .*checkpoints"):
         train(compose_config(["trainer.accelerator=cpu", "logger=none", "eval=none"], run_dir))
@@ -377,3 +377,25 @@ def test_divergence_from_the_command_line_is_one_line_and_exit_1(tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     assert "genbench: error: training diverged" in result.stderr and "Traceback" not in result.stderr
     assert record(tmp_path / "run")["status"] == "failed"
+
+
+def test_ddp_sigterm_stops_every_rank_at_one_batch_and_resumes_exactly(tmp_path):
+    """Two CPU ranks (gloo): SIGTERM to rank 0 mid-epoch stops both ranks at the same batch with a checkpoint
+    (Lightning's own handler broadcasts from inside the signal handler and crashed gloo here); resumed, the weights
+    equal an uninterrupted 2-rank run's."""
+    args = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "model=vae", "eval=none"]
+    args += ["trainer.max_epochs=6", "logger=none"]
+    assert Run([*args, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path).finish() == 0
+    run_dir = tmp_path / "run"
+    run = Run([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    run.wait_for("epoch 3/6")
+    time.sleep(0.1)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=60) == 143, run.text()[-3000:]
+    stopped = record(run_dir)
+    assert stopped["status"] == "interrupted" and stopped["checkpoint_global_step"] == stopped["global_step"]
+    assert "Traceback" not in run.text()
+    resumed = Run([*args, f"hydra.run.dir={run_dir}", "resume=true"], tmp_path)
+    assert resumed.finish() == 0, resumed.text()[-3000:]
+    assert record(run_dir)["world_size"] == 2
+    assert_same_weights(weights(tmp_path / "ref"), weights(run_dir))

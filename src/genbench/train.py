@@ -5,6 +5,7 @@ The run's lifecycle (its record, checkpoints, signals, resuming, the DDP ranks) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -18,9 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genbench.callbacks.evaluation import Evaluation
-from genbench.errors import UserError
 from genbench.interface import GenerativeModel
-from genbench.io import atomic_path, clean_stale_temp_files
+from genbench.io import atomic_path
 from genbench.run import record
 from genbench.run.callbacks import (
     ConfigInCheckpoint,
@@ -35,17 +35,20 @@ from genbench.run.callbacks import (
 )
 from genbench.run.checkpoints import AtomicCheckpointIO, check_compatible, last_checkpoint
 from genbench.run.launcher import kill_this_process, launched_as_global_zero, local_ranks, strategy_for
+from genbench.run.lifecycle import (
+    already_finished,
+    prepare_run_dir,
+    resume_point,
+    signal_name,
+    slurm_plugins,
+    worker_resume_point,
+)
 from genbench.run.lock import RunLock
 from genbench.run.loggers import build_loggers, finish_wandb
 from genbench.run.provenance import git_commit, library_versions
-from genbench.run.resume import wants_resume
 from genbench.run.validation import ConfigError, validate_config
 
 log = logging.getLogger(__name__)
-
-
-class RunDirUnwritable(UserError):
-    """The run directory (or its checkpoints/ folder) cannot be written."""
 
 
 def build_callbacks(
@@ -62,6 +65,7 @@ def build_callbacks(
     checkpoint = LastCheckpoint(
         last_checkpoint(run_dir), cfg.checkpoint.every_minutes, cfg.checkpoint.every_n_steps, guard
     )
+    preemption.checkpoint = checkpoint
     progress = TQDMProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochSummary()
     # order matters: the guard sees a diverged step before a checkpoint could keep it; signals stop the epoch-end
     # hooks at once; the final weights are saved before the final evaluation; the epoch's checkpoint comes last
@@ -119,46 +123,11 @@ def worker_failure_handler(cfg: DictConfig, run_dir: Path) -> Callable[[int, int
     return on_failure
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory and checkpoints/, prove both writable, and clear temp files a killed run left."""
-    folder = run_dir / "checkpoints"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / ".write-test") as tmp:
-            tmp.write_text("")
-        (folder / ".write-test").unlink()
-    except OSError as exc:
-        raise RunDirUnwritable(
-            f"cannot write to {exc.filename or folder}: {exc.strerror or exc}; make it writable or choose "
-            "another run directory (hydra.run.dir=...)"
-        ) from None
-    for stale in clean_stale_temp_files(run_dir):
-        log.info("removed %s, left by a process that was killed while writing it", stale)
-
-
 def write_resolved_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return resolved
-
-
-def resume_point(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The checkpoint to start from: ``ckpt_path``, else with ``resume`` this run's last.ckpt when it has one."""
-    last = last_checkpoint(run_dir)
-    if cfg.ckpt_path:
-        return str(cfg.ckpt_path)
-    if wants_resume(cfg.resume):
-        if last.is_file():
-            return str(last)
-        log.info("resume=true: %s has no checkpoint yet; starting the run from the beginning", run_dir)
-        return None
-    if last.is_file():
-        raise UserError(
-            f"{run_dir} already holds a run ({last}); add resume=true to continue it, "
-            "or choose another run directory"
-        )
-    return None
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -172,21 +141,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     rank_zero = launched_as_global_zero()
     if rank_zero:
         prepare_run_dir(run_dir)
-        existing = record.read_record(run_dir)
-        if wants_resume(cfg.resume) and existing and existing.get("status") == record.FINISHED:
-            if last_checkpoint(run_dir).is_file() and not cfg.ckpt_path:
-                log.info("resume=true: %s already finished; nothing to do", run_dir)
-                return existing
-    with RunLock(run_dir) if rank_zero else _no_lock():
+        done = already_finished(cfg, run_dir)
+        if done is not None:
+            return done
+    with RunLock(run_dir) if rank_zero else contextlib.nullcontext():
         return _train(cfg, run_dir, rank_zero)
-
-
-class _no_lock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
@@ -201,9 +160,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
     checkpoint: LastCheckpoint | None = None
     resumed_at: tuple[int, int] | None = None
     try:
-        ckpt_path = (
-            resume_point(cfg, run_dir) if rank_zero else (cfg.ckpt_path or _worker_resume(cfg, run_dir))
-        )
+        ckpt_path = resume_point(cfg, run_dir) if rank_zero else worker_resume_point(cfg, run_dir)
         resolved = (
             write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
         )
@@ -285,22 +242,3 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
             print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")
     finish_wandb(failed=False)  # a sweep's next job in this process must start its own W&B run
     return metrics
-
-
-def slurm_plugins(cfg: DictConfig, on_slurm: bool) -> list[Any]:
-    """Lightning's SLURM environment with genbench's requeue switch (Lightning's own requeue, not a home-made one)."""
-    from lightning_fabric.plugins.environments import SLURMEnvironment
-
-    return [SLURMEnvironment(auto_requeue=bool(cfg.get("slurm_auto_requeue", True)))] if on_slurm else []
-
-
-def _worker_resume(cfg: DictConfig, run_dir: Path) -> str | None:
-    """A DDP worker resumes from the checkpoint rank 0 resumes from (it does not write the run directory)."""
-    last = last_checkpoint(run_dir)
-    return str(last) if wants_resume(cfg.resume) and last.is_file() else None
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name

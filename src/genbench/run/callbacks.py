@@ -4,7 +4,6 @@ training, preemption signals, divergence."""
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 import time
@@ -169,8 +168,9 @@ class EpochSummary(pl.Callback):
 
 class LastCheckpoint(pl.Callback):
     """Keeps ``<run_dir>/checkpoints/last.ckpt`` fresh: rewritten (atomically, through the trainer's checkpoint IO)
-    after the last batch of every epoch, every ``every_minutes`` of training within an epoch, every ``every_n_steps`` batches
-    when set, when Lightning stops on SIGTERM, and at the end of training (before the final evaluation).
+    at the end of every epoch, every ``every_minutes`` of training within an epoch, every ``every_n_steps`` batches
+    when set, when a signal stops the run (see :class:`Preemption`), and when training ends (before the final
+    evaluation, by :class:`FinalCheckpoint`).
 
     Lightning's ``ModelCheckpoint(save_last=True, save_top_k=0)`` writes ``last`` only at the end of training, and
     versions the name (``last-v1.ckpt``) in a folder that already has one; this callback writes the one file.
@@ -228,15 +228,6 @@ class LastCheckpoint(pl.Callback):
         # once, as in the uninterrupted run, and genbench's callbacks skip an epoch they already handled.
         self.save(trainer, "epoch end")
 
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if isinstance(exception, SIGTERMException) and batches < trainer.num_training_batches:
-            # raised at a batch boundary on every rank: a state to resume from exactly. After an epoch's last batch
-            # it is not (its epoch-end hooks have not run, and Lightning would skip them): the previous stays.
-            self.save(trainer, "interrupted")
-
 
 class FinalCheckpoint(pl.Callback):
     """Saves the trained weights when training ends, before the final evaluation starts (placed before it)."""
@@ -259,18 +250,22 @@ class RunInterrupted(Exception):
 class Preemption(pl.Callback):
     """SIGTERM (preemption, ``kill``), SIGUSR1 (SLURM's warning before the time limit) and SIGINT stop the run.
 
-    During training batches the stop is deferred to the next batch boundary: Lightning's own SIGTERM handling
-    raises there on every rank (it broadcasts rank 0's signal), :class:`LastCheckpoint` saves, and the run ends
-    ``interrupted``; SIGUSR1 and SIGINT are turned into that SIGTERM. Anywhere else (data loading, evaluation,
-    the epoch-end hooks) it stops at once by raising :class:`RunInterrupted`, leaving the latest checkpoint (at most
-    one epoch or ``checkpoint.every_minutes`` old). Under SLURM with Lightning's auto-requeue, SIGUSR1 is left to
-    Lightning (it saves ``hpc_ckpt_*.ckpt`` and requeues the job) and the SIGTERM that follows ends the run here.
+    During an epoch's training batches the stop waits for the end of the current batch: the checkpoint is saved
+    there (every DDP rank agrees on the batch: rank 0's signal is all-reduced at each batch end, under DDP only)
+    and the run ends ``interrupted``. Anywhere else (data loading, the epoch's last batch and its end hooks, the
+    evaluation) it stops at once by raising :class:`RunInterrupted`, and the latest checkpoint (at most one epoch or
+    ``checkpoint.every_minutes`` old) is where a resumed run continues, exactly.
+
+    Lightning's own SIGTERM handler is replaced for the training loop: on DDP it broadcasts from inside the signal
+    handler, which crashes gloo when the signal lands during another collective (measured: "Received data size
+    doesn't match expected size"). Under SLURM with Lightning's auto-requeue, SIGUSR1 stays Lightning's (it saves
+    ``hpc_ckpt_*.ckpt`` and requeues the job) and the SIGTERM that follows ends the run here.
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.checkpoint: LastCheckpoint | None = None  # set once the callbacks are built
         self._deferred = False
-        self._forwarded = False
         self._previous: dict[int, Any] = {}
 
     def install(self, slurm_requeue: bool = False) -> None:
@@ -287,41 +282,44 @@ class Preemption(pl.Callback):
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if signum == signal.SIGTERM and self._forwarded:  # our own, for Lightning: already handled
-            self._forwarded = False
-            return
         first = self.received is None
         if first:
             self.received = signum
             log.warning("received %s: stopping the run", signal.Signals(signum).name)
         if not self._deferred or not first:  # a second signal stops at once, whatever the phase
             raise RunInterrupted(self.received)
-        if signum != signal.SIGTERM:  # Lightning stops its loop on SIGTERM only: hand it one
-            self._forwarded = True
-            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        signal.signal(signal.SIGTERM, self._handle)  # Lightning registered its own at the start of fit
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._deferred = True
 
-    def _stop_now_if_signalled(self) -> None:
-        self._deferred = False
-        if self.received is not None:
-            raise RunInterrupted(self.received)
+    def _stop(self, trainer) -> bool:
+        stop = self.received is not None
+        if trainer.world_size > 1:  # every rank stops at the same batch, or none
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        return stop
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             self._deferred = False  # the epoch-end hooks follow: a signal now stops them at once
+            return
+        if self._stop(trainer):
+            self._deferred = False
+            if self.checkpoint is not None:
+                self.checkpoint.save(trainer, "interrupted")
+            raise RunInterrupted(self.received or signal.SIGTERM)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        stop = self.received is not None
-        if trainer.world_size > 1:  # every rank stops here, or none
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         self._deferred = False
-        if stop:
+        if self._stop(trainer):
             raise RunInterrupted(self.received or signal.SIGTERM)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._stop_now_if_signalled()
+        self._deferred = False
+        if self.received is not None:
+            raise RunInterrupted(self.received)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._deferred = False
