@@ -399,3 +399,14 @@ def test_ddp_sigterm_stops_every_rank_at_one_batch_and_resumes_exactly(tmp_path)
     assert resumed.finish() == 0, resumed.text()[-3000:]
     assert record(run_dir)["world_size"] == 2
     assert_same_weights(weights(tmp_path / "ref"), weights(run_dir))
+
+
+def test_a_refused_config_leaves_a_failed_record_in_the_run_directory(tmp_path, cache_dir):
+    from genbench.run.validation import ConfigError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()  # as Hydra makes it before genbench runs
+    with pytest.raises(ConfigError, match="data.image_size=4096"):
+        train(compose_config(["data.image_size=4096"], run_dir))
+    failed = record(run_dir)
+    assert failed["status"] == "failed" and "data.image_size=4096" in failed["error"]

@@ -111,6 +111,12 @@ def who(cfg: DictConfig) -> dict[str, Any]:
     return record.identity(cfg.get("model_name"), cfg.data.name, cfg.data.image_size, cfg.seed)
 
 
+def who_unchecked(cfg: DictConfig) -> dict[str, Any]:
+    """``who`` for a config that failed validation: whatever of it can be read."""
+    data = cfg.get("data") or {}
+    return record.identity(cfg.get("model_name"), data.get("name"), data.get("image_size"), cfg.get("seed"))
+
+
 def worker_failure_handler(cfg: DictConfig, run_dir: Path) -> Callable[[int, int], None]:
     """What rank 0 does when a DDP worker dies: record the failure, then end (it may be blocked in a collective)."""
 
@@ -136,9 +142,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Raises :class:`RunInterrupted` after a signal (the record says ``interrupted``), a ``UserError`` for a mistake
     the user can fix, anything else for a failure; the record says ``failed`` for both.
     """
-    validate_config(cfg)
     run_dir = Path(cfg.run_dir)
     rank_zero = launched_as_global_zero()
+    try:
+        validate_config(cfg)
+    except ConfigError as exc:
+        if rank_zero and run_dir.is_dir():  # Hydra made it: say why it stays empty
+            record.write_record(run_dir, record.failure_record(who_unchecked(cfg), f"ConfigError: {exc}"))
+        raise
     if rank_zero:
         prepare_run_dir(run_dir)
         done = already_finished(cfg, run_dir)
