@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install test-deps test test-slow lint format run bench leaderboard clean
+.PHONY: help install test-deps test test-slow lint format run bench classifiers leaderboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ run:  ## train the default model on the embedded default dataset
 
 bench:  ## throughput and memory benchmark (writes bench.json)
 	$(PY) -m genbench.bench $(BENCH_ARGS)
+
+classifiers:  ## train the feature classifiers of MNIST and Fashion-MNIST ahead of time (GENBENCH_DATA: the data root)
+	$(PY) -m genbench.classifier data=mnist
+	$(PY) -m genbench.classifier data=fashion_mnist
 
 leaderboard:  ## rank finished runs under outputs/ and multirun/
 	$(PY) -m genbench.leaderboard outputs multirun

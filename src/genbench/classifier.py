@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from genbench.filelock import exclusive_lock
 from genbench.io import clean_stale_temp_files, torch_save, write_json
+from genbench.progress import Progress
 from genbench.run.paths import CONFIG_DIR, classifier_cache_dir
 
 log = logging.getLogger(__name__)
@@ -169,23 +170,27 @@ def _train(
     )
     shuffle = torch.Generator(device="cpu").manual_seed(seed)
     started, step, epoch = time.perf_counter(), 0, 0
-    log_every = max(1, math.ceil(steps / batches_per_epoch / 10))  # at most ~10 progress lines
+    log_every = max(1, math.ceil(steps / batches_per_epoch / 10))  # at most ~10 loss lines
     net.train()
-    while step < steps:
-        epoch += 1
-        order = torch.randperm(len(labels), generator=shuffle).to(device)
-        for start in range(0, batches_per_epoch * batch_size, batch_size):
-            index = order[start : start + batch_size]
-            loss = F.cross_entropy(net(images[index].float().div_(255)), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if step == steps:
-                break
-        if epoch % log_every == 0 or step == steps:
-            log.info("classifier: step %d/%d, loss %.4f", step, steps, loss.detach().item())
+    with Progress("classifier training", steps, unit="steps") as progress:
+        while step < steps:
+            epoch += 1
+            order = torch.randperm(len(labels), generator=shuffle).to(device)
+            for start in range(0, batches_per_epoch * batch_size, batch_size):
+                index = order[start : start + batch_size]
+                loss = F.cross_entropy(net(images[index].float().div_(255)), labels[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                progress.update()
+                if step == steps:
+                    break
+            if epoch % log_every == 0 or step == steps:
+                log.info(
+                    "classifier: epoch %d, step %d/%d, loss %.4f", epoch, step, steps, loss.detach().item()
+                )
     net.eval()
     with torch.no_grad():
         raw = torch.cat([net.body(x.float().div(255) * 2 - 1) for x in images[:10000].split(1000)])  # (n, F)

@@ -46,6 +46,7 @@ from genbench.run.lifecycle import (
 from genbench.run.lock import RunLock
 from genbench.run.loggers import build_loggers, finish_wandb
 from genbench.run.provenance import git_commit, library_versions
+from genbench.run.quiet import silence_inapplicable_warnings
 from genbench.run.validation import ConfigError, validate_config
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Raises :class:`RunInterrupted` after a signal (the record says ``interrupted``), a ``UserError`` for a mistake
     the user can fix, anything else for a failure; the record says ``failed`` for both.
     """
+    silence_inapplicable_warnings()
     run_dir = Path(cfg.run_dir)
     rank_zero = launched_as_global_zero()
     try:

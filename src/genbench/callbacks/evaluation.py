@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from genbench.evaluators.base import Collectives, EvalContext, Evaluator
 from genbench.evaluators.distributed import is_sharded
+from genbench.progress import format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ def run_evaluators(
     was_training = model.training
     model.eval()
     results: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
     # forked RNG: evaluating (or not, or how often) never changes the noise training draws afterwards, so a run
     # resumed from an epoch-end checkpoint continues exactly as the uninterrupted one did
     devices = [device] if device.type == "cuda" else []
@@ -58,9 +61,18 @@ def run_evaluators(
                 if rank != 0 and not is_sharded(evaluator):
                     continue
                 log.info("evaluating %s", name)
+                started = time.perf_counter()
                 results.update(evaluator(ctx))
+                seconds[name] = time.perf_counter() - started
+                log.info("evaluated %s in %s", name, format_seconds(seconds[name]))
     finally:
         model.train(was_training)
+    if seconds:
+        log.info(
+            "evaluation took %s: %s",
+            format_seconds(sum(seconds.values())),
+            ", ".join(f"{name} {format_seconds(t)}" for name, t in seconds.items()),
+        )
     results.update(ctx.records)
     return results, ctx
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from genbench.data.errors import DataError
 from genbench.data.idx import read_images_and_labels
+from genbench.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,10 @@ def _decode_folder(paths: list[Path], crop: int | None, size: int) -> torch.Tens
     if not paths:
         return torch.empty(0, 3, size, size, dtype=torch.uint8)
     chunks = []
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=4) as pool,
+        Progress(f"decoding {paths[0].parent}", len(paths), unit="images") as progress,
+    ):
         for start in range(0, len(paths), 512):  # resize in chunks: bounded memory for CelebA
             arrays = list(pool.map(one, paths[start : start + 512]))
             shapes = {a.shape for a in arrays}
@@ -235,6 +239,7 @@ def _decode_folder(paths: list[Path], crop: int | None, size: int) -> torch.Tens
                 )
             batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
             chunks.append(resize_uint8(batch, size))
+            progress.update(len(arrays))
     return torch.cat(chunks)
 
 

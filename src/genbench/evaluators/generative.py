@@ -40,6 +40,7 @@ from genbench.metrics import (
 )
 from genbench.metrics.cache import feature_cache_path
 from genbench.metrics.features import INCEPTION_EXTRACTOR, INCEPTION_RESIZER
+from genbench.progress import Progress
 from genbench.run.paths import feature_cache_dir
 
 log = logging.getLogger(__name__)
@@ -249,9 +250,12 @@ class GenerativeMetrics:
         images = ctx.datamodule.split(self.reference_split).images  # (N, C, H, W) uint8, CPU
 
         def batches() -> Iterator[Tensor]:
-            for start in range(rows.start, rows.stop, self.batch_size):
-                stop = min(start + self.batch_size, rows.stop)
-                yield images[start:stop].to(ctx.device).float().div_(255.0)  # (B, C, H, W) in [0, 1]
+            what = f"{self.features.name} features of {len(rows)} {self.reference_split} images"
+            with Progress(what, len(rows), unit="images") as progress:
+                for start in range(rows.start, rows.stop, self.batch_size):
+                    stop = min(start + self.batch_size, rows.stop)
+                    yield images[start:stop].to(ctx.device).float().div_(255.0)  # (B, C, H, W) in [0, 1]
+                    progress.update(stop - start)
 
         return extract_features(loaded.extract, batches())  # (len(rows), F), CPU
 
@@ -263,8 +267,12 @@ class GenerativeMetrics:
         generator = ctx.generator(SAMPLE_OFFSET + 1009 * ctx.rank)
 
         def batches() -> Iterator[Tensor]:
-            for start in range(0, mine, self.batch_size):
-                yield ctx.model.sample(min(self.batch_size, mine - start), generator=generator)
+            what = f"{self.features.name} features of {mine} samples"
+            with Progress(what, mine, unit="samples") as progress:
+                for start in range(0, mine, self.batch_size):
+                    size = min(self.batch_size, mine - start)
+                    yield ctx.model.sample(size, generator=generator)
+                    progress.update(size)
 
         return extract_features(loaded.extract, batches())  # (mine, F), CPU
 

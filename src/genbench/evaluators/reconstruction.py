@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from genbench.evaluators.base import EvalContext
+from genbench.progress import Progress
 
 
 def reconstruction_mse(ctx: EvalContext, split: str, n_images: int | None, batch_size: int) -> float | None:
@@ -18,12 +19,14 @@ def reconstruction_mse(ctx: EvalContext, split: str, n_images: int | None, batch
     if n == 0:
         return None
     squared, count = torch.zeros((), device=ctx.device, dtype=torch.float64), 0
-    for start in range(0, n, batch_size):
-        index = torch.arange(start, min(start + batch_size, n), device=ctx.device)
-        x = ctx.datamodule.images(split, index, ctx.device)
-        x_hat = ctx.model.reconstruct(x, index if split == "train" else None)
-        squared += (x_hat.float() - x).pow(2).sum(dtype=torch.float64)
-        count += x.numel()
+    with Progress(f"reconstructing {split} images", n, unit="images") as progress:
+        for start in range(0, n, batch_size):
+            index = torch.arange(start, min(start + batch_size, n), device=ctx.device)
+            x = ctx.datamodule.images(split, index, ctx.device)
+            x_hat = ctx.model.reconstruct(x, index if split == "train" else None)
+            squared += (x_hat.float() - x).pow(2).sum(dtype=torch.float64)
+            count += x.numel()
+            progress.update(len(index))
     return float(squared / count)
 
 
