@@ -370,3 +370,27 @@ def test_ddp_shards_the_generative_metrics(genbench_cache, tmp_path):
     assert len(list((tmp_path / "f").glob("features-*.pt"))) == 1
     evaluate_main([f"run_dir={run_dir}", "device=cpu"])  # one process: the sharded reference file is reused
     assert len(list((tmp_path / "f").glob("features-*.pt"))) == 1
+
+
+def test_reevaluation_at_another_protocol_keeps_both_results():
+    """eval=fast after the default evaluation: the 10k-sample FID stays the run's value; the 500-sample one is kept
+    under its own protocol, never in its place (it used to replace it: 5.80 became 6.59)."""
+    full, fast = {"n_gen": 10000, "n_ref": 10000}, {"n_gen": 500, "n_ref": 500}
+    existing = {
+        "status": "finished",
+        "fid_classifier@prior": 5.80,
+        "protocols": {"fid_classifier@prior": full},
+    }
+    results = {
+        "fid_classifier@prior": 6.59,
+        "fid_inception@prior": 30.0,
+        "protocols": {"fid_classifier@prior": fast, "fid_inception@prior": fast},
+    }
+    merged = merge_metrics(existing, results)
+    assert merged["fid_classifier@prior"] == 5.80 and merged["protocols"]["fid_classifier@prior"] == full
+    assert merged["fid_inception@prior"] == 30.0  # new metric: added with its protocol
+    (other,) = merged["other_protocols"].values()
+    assert other == {"protocol": fast, "values": {"fid_classifier@prior": 6.59}}
+    # the same protocol again replaces the value (a recomputation, e.g. with a fixed extractor)
+    again = merge_metrics(merged, {"fid_classifier@prior": 5.9, "protocols": {"fid_classifier@prior": full}})
+    assert again["fid_classifier@prior"] == 5.9 and again["other_protocols"] == merged["other_protocols"]

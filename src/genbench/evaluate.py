@@ -138,6 +138,17 @@ def evaluate(
             "sampler": model.sampler_name,
         }
     merged = merge_metrics(existing, results)
+    for entry in merged.get("other_protocols", {}).values():
+        kept_apart = [k for k, v in entry["values"].items() if results.get(k) == v]
+        if kept_apart:
+            log.info(
+                "%s: measured under another protocol (%s) than the run's; kept under other_protocols, the run's "
+                "values stay",
+                ", ".join(sorted(kept_apart)),
+                ", ".join(
+                    f"{k}={v}" for k, v in sorted(entry["protocol"].items()) if k in ("n_gen", "n_ref")
+                ),
+            )
     record = {"checkpoint": str(checkpoint), "eval": eval_name or "the run's", "overrides": list(overrides)}
     merged["reevaluations"] = [
         *existing.get("reevaluations", []),

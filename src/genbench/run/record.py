@@ -125,16 +125,43 @@ def is_live(record: dict[str, Any]) -> bool:
     return True
 
 
+def protocol_id(protocol: dict[str, Any]) -> str:
+    """A short stable name for a protocol record (the key its results are kept under in ``other_protocols``)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def merge_metrics(existing: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
-    """``existing`` metrics updated with ``results``: values and protocols overwritten key by key; a metric that
-    now has a value loses its skip record; a new skip record is kept only where no value exists."""
+    """``existing`` metrics updated with a re-evaluation's ``results``; protocols never mix.
+
+    A metric is replaced only by a value of the same protocol (or added where it had none); a value measured under
+    another protocol (another N, reference split or feature extractor) goes to ``other_protocols[<id>]`` as
+    ``{"protocol": ..., "values": {...}}`` and the run's own value stays. A metric that now has a value loses its
+    skip record; a new skip record is kept only where no value exists.
+    """
     merged = {k: v for k, v in existing.items()}
-    merged.update({k: v for k, v in results.items() if k not in ("protocols", "skipped")})
-    merged["protocols"] = {**existing.get("protocols", {}), **results.get("protocols", {})}
+    old_protocols = existing.get("protocols", {}) if isinstance(existing.get("protocols"), dict) else {}
+    new_protocols = results.get("protocols", {})
+    protocols = dict(old_protocols)
+    others: dict[str, Any] = {k: dict(v) for k, v in existing.get("other_protocols", {}).items()}
+    for key, value in results.items():
+        if key in ("protocols", "skipped"):
+            continue
+        new, old = new_protocols.get(key), old_protocols.get(key)
+        if key in existing and new is not None and old is not None and new != old:
+            entry = others.setdefault(protocol_id(new), {"protocol": new, "values": {}})
+            entry["values"][key] = value
+            continue
+        merged[key] = value
+        if new is not None:
+            protocols[key] = new
+    merged["protocols"] = protocols
+    merged["other_protocols"] = others
     valued = {key.split("@")[0] for key in merged if isinstance(merged[key], int | float)}
     skipped = {**existing.get("skipped", {}), **results.get("skipped", {})}
     merged["skipped"] = {name: reason for name, reason in skipped.items() if name not in valued}
-    for key in ("protocols", "skipped"):
+    for key in ("protocols", "skipped", "other_protocols"):
         if not merged[key]:
             del merged[key]
     return merged
