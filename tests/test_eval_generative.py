@@ -394,3 +394,29 @@ def test_reevaluation_at_another_protocol_keeps_both_results():
     # the same protocol again replaces the value (a recomputation, e.g. with a fixed extractor)
     again = merge_metrics(merged, {"fid_classifier@prior": 5.9, "protocols": {"fid_classifier@prior": full}})
     assert again["fid_classifier@prior"] == 5.9 and again["other_protocols"] == merged["other_protocols"]
+
+
+class Dimmed(Source):
+    """Reconstructs every image at 90% brightness: per-image MSE, PSNR and SSIM have a direct computation."""
+
+    def reconstruct(self, x: Tensor, index: Tensor | None = None) -> Tensor:
+        return x * 0.9
+
+
+def test_reconstruction_psnr_and_ssim_match_a_direct_computation(digits, tmp_path):
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from genbench.evaluators.reconstruction import ReconstructionMSE
+
+    results, _ = evaluate(ReconstructionMSE(n_images=100, batch_size=32), Dimmed(None), digits, tmp_path)
+    x = digits.images("test", torch.arange(100))
+    per_image = (0.9 * x - x).pow(2).flatten(1).mean(1)
+    assert results["recon_mse_test"] == pytest.approx(float(per_image.mean()), rel=1e-5)
+    assert results["recon_psnr_test"] == pytest.approx(
+        float((10 * torch.log10(1 / per_image)).mean()), rel=1e-4
+    )
+    ssim = structural_similarity_index_measure(0.9 * x, x, data_range=1.0)
+    assert (
+        results["recon_ssim_test"] == pytest.approx(float(ssim), rel=1e-4) and results["recon_ssim_test"] < 1
+    )
+    assert "recon_psnr_train" in results and "recon_ssim_train" not in results

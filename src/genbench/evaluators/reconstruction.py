@@ -1,4 +1,5 @@
-"""Reconstruction error on the train and test splits, per pixel in [0, 1]."""
+"""Reconstruction quality on the train and test splits: MSE per pixel in [0, 1], PSNR (mean over images) and, on
+the test split, SSIM, both from torchmetrics (its metric objects aggregate correctly across batches and ranks)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,49 @@ from genbench.evaluators.base import EvalContext
 from genbench.progress import Progress
 
 
-def reconstruction_mse(ctx: EvalContext, split: str, n_images: int | None, batch_size: int) -> float | None:
-    """Mean squared error per pixel of ``model.reconstruct`` over the first ``n_images`` of ``split``.
+def reconstruction_quality(
+    ctx: EvalContext, split: str, n_images: int | None, batch_size: int, ssim: bool = False
+) -> dict[str, float] | None:
+    """``{"mse", "psnr"[, "ssim"]}`` of ``model.reconstruct`` over the first ``n_images`` of ``split``.
 
-    Train images pass their indices, so models with learned per-image codes (GLO) use them; test images do not.
-    Returns None for an empty split.
+    MSE is per pixel over all images; PSNR (data range 1) is the mean of the per-image PSNRs; SSIM is torchmetrics'
+    (11-pixel Gaussian window). Train images pass their indices, so models with learned per-image codes (GLO) use
+    them; test images do not. Returns None for an empty split.
     """
+    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
     total = len(ctx.datamodule.split(split))
     n = total if n_images is None else min(n_images, total)
     if n == 0:
         return None
+    psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)).to(ctx.device)
+    structural = StructuralSimilarityIndexMeasure(data_range=1.0).to(ctx.device) if ssim else None
     squared, count = torch.zeros((), device=ctx.device, dtype=torch.float64), 0
     with Progress(f"reconstructing {split} images", n, unit="images") as progress:
         for start in range(0, n, batch_size):
             index = torch.arange(start, min(start + batch_size, n), device=ctx.device)
             x = ctx.datamodule.images(split, index, ctx.device)
-            x_hat = ctx.model.reconstruct(x, index if split == "train" else None)
-            squared += (x_hat.float() - x).pow(2).sum(dtype=torch.float64)
+            x_hat = ctx.model.reconstruct(x, index if split == "train" else None).float().clamp(0, 1)
+            squared += (x_hat - x).pow(2).sum(dtype=torch.float64)
             count += x.numel()
+            psnr.update(x_hat, x)
+            if structural is not None:
+                structural.update(x_hat, x)
             progress.update(len(index))
-    return float(squared / count)
+    out = {"mse": float(squared / count), "psnr": float(psnr.compute())}
+    if structural is not None:
+        out["ssim"] = float(structural.compute())
+    return out
+
+
+def reconstruction_mse(ctx: EvalContext, split: str, n_images: int | None, batch_size: int) -> float | None:
+    """Mean squared error per pixel of ``model.reconstruct`` over the first ``n_images`` of ``split``."""
+    quality = reconstruction_quality(ctx, split, n_images, batch_size)
+    return None if quality is None else quality["mse"]
 
 
 class ReconstructionMSE:
-    """``recon_mse_train`` and ``recon_mse_test``; periodic runs use ``periodic_n_images``."""
+    """``recon_{mse,psnr}_{train,test}`` and ``recon_ssim_test``; periodic runs use ``periodic_n_images``."""
 
     def __init__(
         self, n_images: int | None = 10000, periodic_n_images: int = 1000, batch_size: int = 500
@@ -42,7 +62,7 @@ class ReconstructionMSE:
         n = self.n_images if ctx.final else self.periodic_n_images
         out = {}
         for split in ("train", "test"):
-            value = reconstruction_mse(ctx, split, n, self.batch_size)
-            if value is not None:
-                out[f"recon_mse_{split}"] = value
+            quality = reconstruction_quality(ctx, split, n, self.batch_size, ssim=split == "test")
+            if quality is not None:
+                out.update({f"recon_{name}_{split}": value for name, value in quality.items()})
         return out
