@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated speed switches (default on cuda: bf16, channels_last, compile_model, compile_nets, "
         "bf16+channels_last+compile_nets; on cpu: none unless named here)",
     )
+    p.add_argument(
+        "--eval-protocol",
+        action="store_true",
+        help="also time the default evaluation of VAE and GLO on real MNIST (needs --data-root or GENBENCH_DATA)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny: size 28, batch 32, 3 steps, 128 eval images")
     p.add_argument("--out", default="bench.json", help="where to write the results (default bench.json)")
     args = p.parse_args(argv)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from genbench.bench import configs, training
+from genbench.bench.eval_protocol import bench_eval_protocol
 from genbench.bench.evaluation import fid_against_torch_fidelity, inception_throughput, sampling_throughput
 from genbench.bench.timing import step_stats
 
@@ -258,6 +259,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             data, evaluation = bench_size(size, args, device, tmp, notes)
             result["data_path"].append(data)
             result["evaluation"].append(evaluation)
+        if getattr(args, "eval_protocol", False):
+            root = args.data_root or os.environ.get("GENBENCH_DATA")
+            if root is None:
+                notes.append(
+                    {"stage": "eval_protocol", "error": "needs --data-root or GENBENCH_DATA (real MNIST)"}
+                )
+            else:
+                result["eval_protocol"] = attempt(
+                    lambda: bench_eval_protocol(root, tmp), notes, stage="eval_protocol"
+                )
         if args.glann and "glo" in args.models:
             result["glann_mnist_glo"] = attempt(lambda: bench_glann(args, device, tmp), notes, stage="glann")
     result["meta"]["seconds"] = time.time() - started

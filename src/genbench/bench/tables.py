@@ -147,6 +147,11 @@ def format_tables(result: dict[str, Any]) -> str:
             f"{glann['images_per_s']:.0f} images/s, {glann['epoch_seconds_estimate']:.1f} s/epoch, "
             f"~{glann['total_hours_estimate']:.2f} h (estimated; excludes {glann['excludes']})",
         ]
+    protocol = result.get("eval_protocol") or {}
+    if protocol.get("rows"):
+        from genbench.bench.eval_protocol import format_eval_protocol
+
+        out += ["", format_eval_protocol(protocol)]
     if result["skipped"]:
         out += ["", "Skipped:", *(f"  {n}" for n in result["skipped"])]
     inception = [

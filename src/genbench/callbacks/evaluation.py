@@ -74,6 +74,11 @@ def run_evaluators(
             ", ".join(f"{name} {format_seconds(t)}" for name, t in seconds.items()),
         )
     results.update(ctx.records)
+    if final and seconds:
+        results["eval_seconds"] = {
+            **seconds,
+            "total": sum(seconds.values()),
+        }  # metrics.json: what judging cost
     return results, ctx
 
 
