@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
+import io
 import json
 import logging
 import math
@@ -59,8 +61,13 @@ def finished(model: str, data: str, seed: int, **metrics: float) -> dict:
     }
 
 
+PROTOCOL = {"n_gen": 10000, "n_ref": 10000, "reference_split": "test"}
+
+
 def make_runs(base: Path) -> tuple[Path, Path]:
-    """Two roots: vae and glo on mnist and fashion_mnist over seeds, plus failed, running, unfinished, corrupt runs."""
+    """Two roots: vae and glo on mnist and fashion_mnist over seeds, plus failed, running, unfinished, corrupt runs.
+
+    Within a dataset every metric recorded with a protocol has the same one, so each dataset is one table."""
     outputs, multirun = base / "outputs", base / "multirun"
     for seed, fid, kid, mse, secs, colour in [
         (0, 10, 0.25, 0.25, 100, None),
@@ -73,9 +80,7 @@ def make_runs(base: Path) -> tuple[Path, Path]:
         metrics["fid_classifier@prior"] = fid
         if kid is not None:
             metrics["kid_classifier@prior"] = kid
-        metrics["protocols"] = {
-            "fid_classifier@prior": {"n_gen": 10000, "n_ref": 10000, "reference_split": "test"}
-        }
+        metrics["protocols"] = {"fid_classifier@prior": PROTOCOL}
         metrics["skipped"] = {"fid_inception": "Inception weights not found: /x"}
         write_run(outputs / "vae" / "mnist" / f"seed{seed}", metrics, samples=colour)
     sweep = multirun / "2024-01-01_00-00-00"
@@ -85,6 +90,7 @@ def make_runs(base: Path) -> tuple[Path, Path]:
             "fid_inception@gaussian": gaussian,
             "fid_inception@imle": imle,
             "fid_classifier@gaussian": 5,
+            "protocols": {"fid_classifier@gaussian": PROTOCOL},
         }
         run = write_run(sweep / f"{seed}_glo_mnist_seed{seed}", metrics)
         (run / ".hydra").mkdir()
@@ -184,9 +190,11 @@ def test_repeated_seeds_are_warned_about(tmp_path):
     assert [w for w in board.warnings if "share seed 0" in w and "mnist/vae/prior" in w]
 
 
-def test_summarise_keeps_a_diverged_run_visible():
-    stat = summarise([1.0, math.nan])
-    assert math.isnan(stat.mean) and math.isnan(stat.std) and stat.count == 2
+def test_summarise_leaves_nan_and_inf_out_of_the_mean_and_counts_them():
+    assert summarise([1.0, math.nan, 3.0]) == Stat(2.0, math.sqrt(2), 2, ("NaN",))
+    assert summarise([1.0, math.inf]) == Stat(1.0, None, 1, ("+Infinity",))
+    stat = summarise([math.nan, -math.inf])
+    assert stat.count == 0 and stat.std is None and stat.nonfinite == ("-Infinity", "NaN")
 
 
 def test_published_rows_only_for_measured_datasets_unless_asked(roots):
@@ -300,6 +308,461 @@ def test_html_is_self_contained_and_escaped(tmp_path):
     refs = ReferenceFinder.of(page)
     assert refs and all(r.startswith("data:image/png;base64,") for r in refs)  # no URL but inline images
     assert "| a\\|b |" in to_markdown(board)  # a pipe cannot break the Markdown table
+
+
+# ---------------------------------------------------------------------------------------------------- hostile input
+class TagCollector(HTMLParser):
+    """Every start tag of a page with its attribute names."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, list[str]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, [k for k, _ in attrs]))
+
+
+PAGE_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "section", "div", "details", "summary",
+    "ul", "li", "b", "table", "thead", "tbody", "tr", "th", "td", "sup", "img", "svg", "rect", "line", "text",
+    "circle", "script",
+}  # fmt: skip
+
+
+def md_cells(line: str) -> list[str]:
+    """A Markdown table line split on its unescaped pipes (a backslash escapes the next character)."""
+    cells, cell, chars = [], "", iter(line)
+    for c in chars:
+        if c == "\\":
+            cell += c + next(chars, "")
+        elif c == "|":
+            cells.append(cell)
+            cell = ""
+        else:
+            cell += c
+    return [*cells, cell]
+
+
+def image_colours(page: str) -> list[tuple[int, int, int]]:
+    """The colour of the first pixel of each image embedded in ``page``."""
+    colours = []
+    for ref in ReferenceFinder.of(page):
+        with Image.open(io.BytesIO(base64.b64decode(ref.split(",", 1)[1]))) as image:
+            colours.append(image.convert("RGB").getpixel((0, 0)))
+    return colours
+
+
+def test_samples_are_embedded_only_from_regular_files_inside_the_run(tmp_path):
+    runs = tmp_path / "runs"
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "secret.png")  # outside every run directory
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "runs_secret.png")
+    linked = write_run(runs / "linked", finished("a", "mnist", 0, **{"fid_classifier@prior": 1}))
+    (linked / "samples.png").symlink_to(tmp_path / "secret.png")
+    # samples_<sampler>.png with a sampler that walks out: runs/climb/samples_/../../../runs_secret.png
+    climb = write_run(
+        runs / "climb", finished("b", "mnist", 0, **{"fid_classifier@/../../../runs_secret": 1})
+    )
+    (climb / "samples_").mkdir()
+    assert (climb / "samples_/../../../runs_secret.png").resolve() == (tmp_path / "runs_secret.png").resolve()
+    dotdot = write_run(runs / "dotdot", finished("c", "mnist", 0, **{"fid_classifier@../x": 1}))
+    (dotdot / "samples_..").mkdir()
+    Image.new("RGB", (8, 8), "red").save(dotdot / "samples_.." / "x.png")  # inside, but the name has a "/"
+    folder = write_run(runs / "folder", finished("d", "mnist", 0, **{"fid_classifier@prior": 1}))
+    (folder / "samples.png").mkdir()
+    fifo = write_run(runs / "fifo", finished("e", "mnist", 0, **{"fid_classifier@prior": 1}))
+    os.mkfifo(fifo / "samples.png")  # reading it would block forever
+    inside = write_run(runs / "inside", finished("f", "mnist", 0, **{"fid_classifier@prior": 1}))
+    Image.new("RGB", (8, 8), "green").save(inside / "grid.png")
+    (inside / "samples.png").symlink_to("grid.png")  # a link that stays inside is fine
+    board = build_board(collect([runs]))
+    page = to_html(board)
+    assert image_colours(page) == [(0, 128, 0)]  # only the green grid of "inside"
+    warnings = "\n".join(board.warnings)
+    for run, reason in [
+        (linked, "resolves outside the run directory"),
+        (climb, "is not a plain file name"),
+        (dotdot, "is not a plain file name"),
+        (folder, "is not a regular file"),
+        (fifo, "is not a regular file"),
+    ]:
+        assert any(w.startswith(os.path.relpath(run)) and reason in w for w in board.warnings), (
+            run,
+            warnings,
+        )
+    assert "inside" not in warnings
+    assert all(w in page for w in map(html.escape, board.warnings))
+
+
+def test_a_metrics_json_linked_from_outside_is_corrupt(tmp_path):
+    (tmp_path / "elsewhere.json").write_text(
+        json.dumps(finished("vae", "mnist", 0, **{"fid_classifier@p": 1}))
+    )
+    run = tmp_path / "runs" / "linked"
+    run.mkdir(parents=True)
+    (run / "metrics.json").symlink_to(tmp_path / "elsewhere.json")
+    board = build_board(collect([tmp_path / "runs"]))
+    assert not board.rows
+    (problem,) = board.problems
+    assert problem.status == "corrupt" and "resolves outside the run directory" in problem.error
+
+
+HOSTILE = {
+    "script": '<script>alert("x")</script>',
+    "img": "<img src=x onerror=alert(1)>",
+    "table": "a | b\n| c\r\nd",
+    "backslash": "x\\|y",
+    "link": "[click](javascript:alert(1)) ![t](http://example.com/t.png) `code` *em*",
+    "ansi": "red\x1b[31m\x07\u202eevil",
+    "entity": "&lt;script&gt;",
+}
+
+
+def test_html_and_markdown_render_hostile_strings_inert(tmp_path):
+    runs = tmp_path / "runs"
+    for i, (name, text) in enumerate(HOSTILE.items()):
+        metrics = finished(f"{name} {text}", f"data {text}", f"seed {text}", **{f"fid_classifier@{text}": i})
+        metrics |= {"git_commit": text, "train_seconds": 10 + i}
+        metrics["protocols"] = {f"fid_classifier@{text}": {"n_gen": 100, "reference_split": text}}
+        metrics["skipped"] = {f"fid_inception {text}": text}
+        write_run(runs / name, metrics, samples="green")
+        write_run(runs / f"failed_{name}", {"status": text, "error": text})
+    write_run(runs / "typed", {**finished("t", "mnist", 0), "fid_classifier@p": HOSTILE["script"]})
+    board = build_board(collect([runs]))
+    assert len(board.rows) == len(HOSTILE) + 1 and len(board.problems) == len(HOSTILE)
+    page = to_html(board)
+    collector = TagCollector()
+    collector.feed(page)
+    assert {tag for tag, _ in collector.tags} <= PAGE_TAGS
+    assert [tag for tag, _ in collector.tags].count("script") == 1  # only the page's own sorter
+    assert not [(tag, a) for tag, attrs in collector.tags for a in attrs if a.startswith("on")]
+    assert "\x1b" not in page and "\x07" not in page and "\u202e" not in page
+    assert "&amp;lt;script&amp;gt;" in page  # an entity in the data is shown as typed, not decoded
+    markdown = to_markdown(board)
+    assert "<" not in markdown.replace("&lt;", "") and ">" not in markdown.replace("&gt;", "")
+    assert "](" not in markdown.replace("\\](", "") and "\x1b" not in markdown and "\u202e" not in markdown
+    for block in markdown.split("\n\n"):  # every table keeps one cell per column on every line
+        lines = block.splitlines()
+        if lines and lines[0].startswith("| "):
+            widths = {len(md_cells(line)) for line in lines}
+            assert len(widths) == 1, block
+    assert "x\\\\\\|y" in markdown  # the backslash is escaped, so the pipe stays escaped
+    assert "\n- " not in "\n".join(line for line in markdown.splitlines() if line.startswith("|"))
+
+
+def test_csv_neutralises_formulas_but_keeps_negative_numbers(tmp_path):
+    metrics = finished('=HYPERLINK("http://x")', "+mnist", 0, recon_mse_test=-0.5, train_seconds=-3)
+    metrics |= {"fid_classifier@-cmd|calc": -1.25, "git_commit": "@SUM(1)"}
+    metrics["protocols"] = {"fid_classifier@-cmd|calc": {"reference_split": "\tsplit"}}
+    write_run(tmp_path / "runs" / "a", metrics)
+    board = build_board(collect([tmp_path / "runs"]))
+    from genbench.leaderboard.render import to_csv
+
+    text = to_csv(board)
+    (line,) = list(csv.DictReader(io.StringIO(text)))
+    assert line["model"] == '\'=HYPERLINK("http://x")' and line["data"] == "'+mnist"
+    assert line["sampler"] == "'-cmd|calc" and line["git_commits"] == "'@SUM(1)"
+    assert line["fid_classifier_mean"] == "-1.25" and line["recon_mse_test_mean"] == "-0.5"
+    assert line["train_seconds_mean"] == "-3.0"
+    dangerous = ("=", "+", "-", "@", "\t", "\r")
+    cells = [c for row in csv.reader(io.StringIO(text)) for c in row]
+    assert [c for c in cells if c.startswith(dangerous)] == ["-1.25", "-0.5", "-3.0"]  # numbers only
+
+
+def test_deep_huge_and_unparsable_json_are_corrupt_runs(tmp_path, caplog):
+    runs = tmp_path / "runs"
+    head = json.dumps(finished("vae", "mnist", 0))[:-1]
+    write_run(runs / "deep", raw=head + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    write_run(runs / "deep_object", raw='{"a": ' * 100_000 + "1" + "}" * 100_000)
+    write_run(runs / "huge_int", raw=head + ', "fid_classifier@p": ' + "9" * 5000 + "}")
+    write_run(runs / "binary", raw="")
+    (runs / "binary" / "metrics.json").write_bytes(b"\xff\xfe\x00garbage\x80")
+    (write_run(runs / "huge") / "metrics.json").write_bytes(b"")
+    with open(runs / "huge" / "metrics.json", "r+b") as f:
+        f.truncate(16 * 2**20 + 1)  # sparse: 16 MiB + 1 byte of nothing
+    write_run(runs / "good", finished("vae", "mnist", 0, **{"fid_classifier@prior": 3}))
+    with caplog.at_level(logging.WARNING):
+        board = build_board(collect([runs]))
+    assert [(r.model, r.n) for r in board.rows] == [("vae", 1)]
+    problems = {p.path.name: p for p in board.problems}
+    assert {name: p.status for name, p in problems.items()} == dict.fromkeys(
+        ["binary", "deep", "deep_object", "huge", "huge_int"], "corrupt"
+    )
+    assert (
+        "nested too deeply" in problems["deep"].error and "nested too deeply" in problems["deep_object"].error
+    )
+    assert "over the 16777216 bytes" in problems["huge"].error
+    assert "4300" in problems["huge_int"].error
+    for name in problems:
+        assert any(name in w for w in board.warnings)
+    page, markdown = to_html(board), to_markdown(board)
+    assert "nested too deeply" in page and "over the 16777216 bytes" in markdown
+
+
+@pytest.mark.parametrize("depth", [200, 800, 990])
+def test_nesting_the_parser_accepts_breaks_nothing_downstream(tmp_path, depth):
+    """Nesting just under the parser's limit, in every field the board reads: parsed, or corrupt; never a crash."""
+    nested = "[" * depth + "]" * depth
+    head = json.dumps(finished("vae", "mnist", 0, **{"fid_classifier@prior": 1}))[:-1]
+    raw = head + f', "git_commit": {nested}, "sampler": {nested}, "protocols": {{"fid_classifier@prior": '
+    raw += f'{{"n_gen": {nested}}}}}, "skipped": {{"fid_inception": {nested}}}, "kid_classifier@prior": {nested}}}'
+    write_run(tmp_path / "runs" / "finished", raw=raw)
+    write_run(
+        tmp_path / "runs" / "failed", raw=f'{{"status": {nested}, "error": {nested}, "seed": {nested}}}'
+    )
+    board = build_board(collect([tmp_path / "runs"]))
+    assert len(board.rows) + len(board.problems) == 2
+    from genbench.leaderboard.render import to_csv
+
+    assert to_markdown(board) and to_html(board) and to_csv(board)
+
+
+def test_nan_and_infinity_are_left_out_of_the_mean_and_named(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, fid, kid in [(0, 10.0, math.inf), (1, 12.0, math.nan), (2, math.nan, -math.inf)]:
+        metrics = finished("vae", "mnist", seed, train_seconds=100)
+        metrics |= {"fid_classifier@prior": fid, "kid_classifier@prior": kid}
+        write_run(runs / f"seed{seed}", metrics)
+    assert "NaN" in (runs / "seed1" / "metrics.json").read_text()  # json.dumps writes NaN, Infinity as such
+    board = build_board(collect([runs]))
+    (vae,) = board.rows
+    assert vae.n == 3
+    assert vae.stats["fid_classifier"] == Stat(11.0, math.sqrt(2), 2, ("NaN",))
+    kid = vae.stats["kid_classifier"]
+    assert kid.count == 0 and sorted(kid.nonfinite) == ["+Infinity", "-Infinity", "NaN"]
+    markdown, page = to_markdown(board), to_html(board)
+    assert "| 11 ± 1.414 (2/3; 1 NaN) | +Infinity/-Infinity/NaN in 3/3 |" in markdown
+    for text in (markdown, page):
+        assert "nan ± nan" not in text.lower() and "± nan" not in text.lower() and "nan ±" not in text.lower()
+    for seed, key, kind in [(0, "kid_classifier@prior", "+Infinity"), (2, "fid_classifier@prior", "NaN")]:
+        assert any(
+            w.startswith(os.path.relpath(runs / f"seed{seed}")) and key in w and kind in w
+            for w in board.warnings
+        )
+    assert any("fid_classifier is NaN in 1 of 3 runs" in note and "seed2" in note for note in vae.notes)
+    from genbench.leaderboard.render import to_csv
+
+    (line,) = list(csv.DictReader(io.StringIO(to_csv(board))))
+    assert (line["fid_classifier_mean"], line["fid_classifier_count"]) == ("11.0", "2")
+    assert (line["kid_classifier_mean"], line["kid_classifier_count"]) == ("", "0")
+    assert "nan" not in line["fid_classifier_std"].lower()
+
+
+def test_values_of_the_wrong_type_are_dropped_with_a_note_each(tmp_path):
+    runs = tmp_path / "runs"
+    metrics = finished("vae", "mnist", 0)
+    metrics |= {
+        "fid_classifier@prior": 7,
+        "fid_inception@prior": "12.5",
+        "kid_classifier@prior": [1, 2],
+        "precision_classifier@prior": True,
+        "recall_classifier@prior": {"value": 1},
+        "train_seconds": "fast",
+        "recon_mse_test": None,
+        "images_per_second": 10**400,
+        "seed": [0],
+        "git_commit": {"sha": "x"},
+        "protocols": {"fid_classifier@prior": "n_gen=10", "kid_classifier@prior": {"n_gen": [[[1]]]}},
+        "skipped": ["fid_inception"],
+    }
+    write_run(runs / "typed", metrics)
+    write_run(runs / "bad_pid", {"status": "running", "pid": [1], "host": socket.gethostname()})
+    write_run(runs / "no_model", {**finished("vae", "mnist", 0), "model": ["vae"]})
+    board = build_board(collect([runs]))
+    (vae,) = board.rows
+    assert set(vae.stats) == {"fid_classifier"} and vae.stats["fid_classifier"] == Stat(7.0, None, 1)
+    where = os.path.relpath(runs / "typed")
+    for key, kind in [
+        ("fid_inception@prior", "string"),
+        ("kid_classifier@prior", "list"),
+        ("precision_classifier@prior", "boolean"),
+        ("recall_classifier@prior", "object"),
+        ("train_seconds", "string"),
+        ("recon_mse_test", "null"),
+        ("images_per_second", "too large for a float"),
+        ("seed", "list"),
+        ("git_commit", "object"),
+        ("protocols.fid_classifier@prior", "string"),
+        ("skipped", "list"),
+    ]:
+        assert [w for w in board.warnings if w.startswith(f"{where}: {key}") and kind in w], (
+            key,
+            board.warnings,
+        )
+    problems = {p.path.name: p for p in board.problems}
+    assert problems["bad_pid"].status == "running" and "pid" in problems["bad_pid"].error
+    assert problems["no_model"].status == "corrupt" and "'model'" in problems["no_model"].error
+    table = [line for line in to_markdown(board).splitlines() if line.startswith("| vae")]
+    assert len(table) == 1 and "12.5" not in table[0]
+
+
+# ---------------------------------------------------------------------------------------------------- protocols
+CLASSIFIER = "genbench classifier mnist 28px penultimate (128), test accuracy 0.9912, weights 3f2a9c0d"
+INCEPTION = "torch-fidelity inception-v3-compat pool3 (2048)"
+
+
+def record(model: str, data: str, seed: int, samplers: dict[str, float], n_gen: int = 10000, **extra) -> dict:
+    """A metrics.json as the evaluators write it: classifier and Inception metrics, each with its protocol."""
+    metrics = finished(model, data, seed, recon_mse_test=0.01 * (seed + 1), train_seconds=100.0 * (seed + 1))
+    protocols = {}
+    for sampler, fid in samplers.items():
+        for name, extractor, resizer in [
+            ("classifier", CLASSIFIER.replace("mnist", data), "none (native 28x28)"),
+            ("inception", INCEPTION, "torch-fidelity bilinear, TF1.x-compatible, to 299x299"),
+        ]:
+            base = {"n_gen": n_gen, "n_ref": 10000, "reference_split": "test", "resizer": resizer}
+            base["feature_extractor"] = extractor
+            scale = 1.0 if name == "classifier" else 3.0
+            metrics |= {
+                f"fid_{name}@{sampler}": fid * scale + seed,
+                f"kid_{name}@{sampler}": 0.01 * fid,
+                f"kid_{name}_std@{sampler}": 0.001,
+                f"precision_{name}@{sampler}": 0.7,
+                f"recall_{name}@{sampler}": 0.5,
+            }
+            kid = {**base, "kid_subsets": 100, "kid_subset_size": 1000}
+            protocols |= {
+                f"fid_{name}@{sampler}": base,
+                f"kid_{name}@{sampler}": kid,
+                f"kid_{name}_std@{sampler}": kid,
+                f"precision_{name}@{sampler}": {**base, "k": 3},
+                f"recall_{name}@{sampler}": {**base, "k": 3},
+            }
+    metrics["protocols"] = protocols
+    return metrics | extra
+
+
+def test_runs_under_different_protocols_are_never_averaged(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "seed0", record("vae", "mnist", 0, {"prior": 10}))
+    write_run(runs / "seed1", record("vae", "mnist", 1, {"prior": 10}, n_gen=1000))
+    write_run(runs / "glo0", record("glo", "mnist", 0, {"gaussian": 30}))
+    board = build_board(collect([runs]))
+    vae = [r for r in board.rows if r.model == "vae"]
+    assert [(r.n, r.stats["fid_classifier"]) for r in vae] == [
+        (1, Stat(10.0, None, 1)),
+        (1, Stat(11.0, None, 1)),
+    ]
+    assert all(s.count == 1 for r in board.rows for s in r.stats.values())  # nothing was averaged
+    (warning,) = [w for w in board.warnings if "different protocols" in w]
+    assert "mnist/vae/prior" in warning and "n_gen=10000 / n_gen=1000" in warning
+    tables = board.tables("mnist")
+    assert [[(r.model, r.runs) for r in t.rows] for t in tables] == [
+        [("glo", (runs / "glo0",)), ("vae", (runs / "seed0",))],
+        [("vae", (runs / "seed1",))],
+    ]
+    assert [dict(t.protocols["fid_classifier"])["n_gen"] for t in tables] == [10000, 1000]
+    markdown = to_markdown(board)
+    protocol_lines = [line for line in markdown.splitlines() if line.startswith("Protocol: ")]
+    assert (
+        len(protocol_lines) == 2 and "n_gen=10000" in protocol_lines[0] and "n_gen=1000," in protocol_lines[1]
+    )
+    assert "### mnist: protocol 1 of 2" in markdown and "### mnist: protocol 2 of 2" in markdown
+    assert "n_gen" not in "\n".join(line for line in markdown.splitlines() if line.startswith("|"))
+    page = to_html(board)
+    assert page.count('<details class="protocol">') == 2
+    assert 'id="board-mnist"' in page and 'id="board-mnist-2"' in page
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"n_ref": 5000},
+        {"reference_split": "train"},
+        {"feature_extractor": CLASSIFIER.replace("3f2a9c0d", "77aa0001")},  # other classifier weights
+        None,  # no protocol recorded at all
+    ],
+)
+def test_any_protocol_difference_splits_the_seeds(tmp_path, change):
+    runs = tmp_path / "runs"
+    write_run(runs / "seed0", record("vae", "mnist", 0, {"prior": 10}))
+    other = record("vae", "mnist", 1, {"prior": 10})
+    if change is None:
+        del other["protocols"]
+    else:
+        other["protocols"] = {k: {**v, **change} for k, v in other["protocols"].items()}
+    write_run(runs / "seed1", other)
+    board = build_board(collect([runs]))
+    assert [r.n for r in board.rows] == [1, 1] and len(board.tables("mnist")) == 2
+
+
+def test_a_sampler_field_naming_the_rows_own_sampler_does_not_split_tables(tmp_path):
+    runs = tmp_path / "runs"
+    for model, sampler in [("vae", "prior"), ("glo", "gaussian")]:
+        metrics = record(model, "mnist", 0, {sampler: 10})
+        metrics["protocols"] = {k: {**v, "sampler": sampler} for k, v in metrics["protocols"].items()}
+        write_run(runs / model, metrics)
+    board = build_board(collect([runs]))
+    (table,) = board.tables("mnist")
+    assert [r.model for r in table.rows] == ["glo", "vae"]
+    assert "sampler=" not in to_markdown(board)
+
+
+def test_a_metric_missing_from_one_seed_does_not_split_it(tmp_path):
+    """Inception weights absent on one machine: its run lacks the Inception metrics, and is still averaged in."""
+    runs = tmp_path / "runs"
+    write_run(runs / "seed0", record("vae", "mnist", 0, {"prior": 10}))
+    partial = record("vae", "mnist", 1, {"prior": 10})
+    for key in [k for k in partial if "_inception" in k]:
+        del partial[key]
+    partial["skipped"] = {"fid_inception": "Inception weights not found"}
+    write_run(runs / "seed1", partial)
+    board = build_board(collect([runs]))
+    (vae,) = board.rows
+    assert vae.n == 2 and vae.stats["fid_classifier"].count == 2 and vae.stats["fid_inception"].count == 1
+    assert "| 30 (1/2) |" in to_markdown(board)
+
+
+def screenshot_runs(base: Path) -> Path:
+    """Two datasets, five models over three seeds with real-looking records and sample grids; one quick
+    evaluation at n_gen=1000 that must land in a table of its own."""
+    runs = base / "runs"
+    models = {
+        "vae": {"prior": 40},
+        "mmd_vae": {"prior": 35},
+        "glo": {"gaussian": 50, "imle": 12},
+        "alae": {"prior": 28},
+    }
+    for data in ("mnist", "fashion_mnist"):
+        for i, (model, samplers) in enumerate(models.items()):
+            for seed in range(3):
+                path = write_run(runs / data / model / f"seed{seed}", record(model, data, seed, samplers))
+                grid = Image.effect_noise((64, 64), 60 + 20 * i).convert("RGB")
+                grid.save(path / "samples.png")
+    write_run(runs / "mnist" / "vae" / "quick", record("vae", "mnist", 9, {"prior": 41}, n_gen=1000))
+    return runs
+
+
+def test_html_protocol_once_per_table_and_compact_rows(browser, tmp_path):
+    board = make_board([screenshot_runs(tmp_path)], PUBLISHED)
+    write_board(board, tmp_path / "board")
+    browser.load((tmp_path / "board" / "leaderboard.html").as_uri())
+    tables = browser.js(
+        """return [...document.querySelectorAll('table.board')].map(t => [t.id,
+             t.closest('div.protocol-table').querySelectorAll('details.protocol').length,
+             t.closest('div.protocol-table').querySelector('details.protocol').open,
+             Math.max(...[...t.tBodies[0].rows].map(r => r.getBoundingClientRect().height)),
+             [...t.tHead.rows[0].cells].map(c => c.dataset.key)])"""
+    )
+    assert [t[0] for t in tables] == ["board-fashion_mnist", "board-mnist", "board-mnist-2"]
+    for _, details, is_open, tallest, keys in tables:
+        assert details == 1 and is_open is False  # the protocol once, collapsed
+        assert tallest < 60, tallest  # compact rows, thumbnail included
+        assert "protocol" not in keys
+    cells = browser.js("return [...document.querySelectorAll('table.board td')].map(td => td.textContent)")
+    assert not [c for c in cells if "n_gen" in c or "feature_extractor" in c]
+    summaries = browser.js(
+        "return [...document.querySelectorAll('details.protocol summary')].map(s => s.textContent)"
+    )
+    assert [("n_gen=10000" in s, "n_gen=1000," in s) for s in summaries] == [
+        (True, False),
+        (True, False),
+        (False, True),
+    ]
+    assert browser.js("return document.images.length") == 5 * 2  # one grid per measured row (not "quick")
+    shot = tmp_path / "board.png"
+    shot.write_bytes(browser.screenshot())
+    with Image.open(shot) as image:
+        assert image.width >= 1000 and image.height >= 600
 
 
 def test_empty_roots_still_write_a_board(tmp_path, capsys):

@@ -3,13 +3,24 @@
 A run directory is any folder holding ``metrics.json``, a ``.hydra/`` folder or a ``checkpoints/`` folder; the walk
 does not descend into a run directory. Only runs whose status is ``finished`` become rows; failed, running, unfinished
 (no ``metrics.json``) and corrupt runs become :class:`Problem` entries, listed apart and never averaged.
+
+Nothing read is trusted. ``metrics.json`` must be a regular file inside its run directory, of at most
+:data:`MAX_METRICS_BYTES`, that parses (a file nested too deeply for the parser is corrupt, not a crash) to an
+object naming ``data`` and ``model``; otherwise the run is listed as corrupt, with the reason. Of a readable record
+only values of the expected type are kept: a metric (``<metric>@<sampler>`` or one of :data:`RUN_METRICS`) must be a
+number, not a string, list or boolean; a protocol a mapping of scalars; a skip reason text. Each dropped value is
+a warning naming the run directory and the key. NaN and ±Infinity are kept here, with a warning; the board leaves
+them out of the mean (see :mod:`genbench.leaderboard.stats`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import stat
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +33,59 @@ log = logging.getLogger(__name__)
 RUN_MARKERS = (".hydra", "checkpoints")
 # Measurements that do not depend on the sampler: repeated on each of a run's rows.
 RUN_METRICS = ("recon_mse_train", "recon_mse_test", "train_seconds", "images_per_second")
+MAX_METRICS_BYTES = 16 * 2**20  # a real metrics.json is a few KiB
+MAX_NAME_CHARS = 200  # data, model and sampler names, seeds, metric names
+MAX_TEXT_CHARS = 2000  # skip reasons, errors, protocol values as shown (a protocol is compared in full)
+MAX_NOTES_PER_RUN = 20  # warnings about dropped values, per run; the rest are counted
+# Characters that must not reach a terminal, a Markdown file or a page: C0/C1 controls (terminal escapes) and the
+# bidirectional overrides that reorder what a reader sees.
+_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
+
+
+def clean_text(text: str) -> str:
+    """``text`` with control characters (tab and newline become spaces), lone surrogates (which cannot be written
+    as UTF-8) and bidi overrides replaced."""
+    if text.isprintable():
+        return text
+    return "".join(
+        " " if c in "\t\n\r" else "\ufffd" if unicodedata.category(c) in ("Cc", "Cs") or c in _BIDI else c
+        for c in text
+    )
+
+
+def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    """A short, safe description of a JSON value for a warning: its type and the start of its text."""
+    kind = {bool: "boolean", str: "string", list: "list", dict: "object", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+    if value is None:
+        return "null"
+    try:
+        text = value if isinstance(value, str) else json.dumps(value)
+    except (RecursionError, ValueError, TypeError):
+        text = "…"
+    return f"{kind} {clip(clean_text(repr(text) if isinstance(value, str) else text), limit)}"
+
+
+def display_path(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
 
 
 @dataclass(frozen=True)
 class Run:
-    """A finished run: its folder and its parsed ``metrics.json`` object."""
+    """A finished run: its folder, its ``metrics.json`` object with only well-typed values left, and what was
+    dropped from it (one warning each)."""
 
     path: Path
     metrics: dict[str, Any]
+    notes: tuple[str, ...] = ()
 
     @property
     def data(self) -> str:
@@ -55,7 +111,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class RunRow:
-    """One (run, sampler) pair: ``values`` maps a metric name without its ``@sampler`` suffix to a number."""
+    """One (run, sampler) pair: ``values`` maps a metric name without its ``@sampler`` suffix to a number (NaN and
+    ±inf included); ``protocols`` maps the same names to the protocol record of the value."""
 
     run: Run
     sampler: str
@@ -71,8 +128,68 @@ class Collection:
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
+        message = clean_text(message)
         log.warning(message)
         self.warnings.append(message)
+
+
+class UnsafeFile(ValueError):
+    """A file a run directory names that the leaderboard will not read: it resolves outside the run directory, is
+    not a regular file, or its name is not a plain file name."""
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` names a file in its folder and nothing else: no separator, no ``..``, no NUL."""
+    if not name or name in (".", "..") or any(c in name for c in ("/", "\\", "\0")):
+        return False
+    try:
+        return len(os.fsencode(name)) <= 255
+    except UnicodeError:  # a lone surrogate
+        return False
+
+
+def contained_file(run_dir: Path, name: str) -> Path | None:
+    """The resolved path of the regular file ``run_dir/name``, None when there is none; raises
+    :class:`UnsafeFile` when ``name`` is not a plain name, or the file resolves outside ``run_dir`` (a symlink
+    out), or is not a regular file (a folder, a FIFO, a device)."""
+    if not is_plain_name(name):
+        raise UnsafeFile(f"{name!r} is not a plain file name")
+    candidate = run_dir / name
+    try:
+        resolved = candidate.resolve(strict=True)
+        root = run_dir.resolve(strict=True)
+        mode = os.stat(resolved).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.lexists(candidate):
+            raise UnsafeFile(f"{name} is a broken link") from None
+        return None
+    except (OSError, RuntimeError) as err:  # a symlink loop (RuntimeError before Python 3.13), permissions
+        raise UnsafeFile(f"cannot resolve {name}: {err}") from err
+    if not resolved.is_relative_to(root):
+        raise UnsafeFile(f"{name} resolves outside the run directory, to {resolved}")
+    if not stat.S_ISREG(mode):
+        raise UnsafeFile(f"{name} is not a regular file")
+    return resolved
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (not followed if a link); raises ValueError when it is not a regular
+    file or holds more than ``limit`` bytes, OSError when it cannot be opened. Never blocks on a FIFO."""
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    )
+    with os.fdopen(os.open(path, flags), "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path.name} is not a regular file")
+        if info.st_size > limit:
+            raise ValueError(
+                f"{path.name} is {info.st_size} bytes, over the {limit} bytes the leaderboard reads"
+            )
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path.name} is over the {limit} bytes the leaderboard reads")
+    return data
 
 
 def is_run_dir(path: Path) -> bool:
@@ -80,7 +197,7 @@ def is_run_dir(path: Path) -> bool:
 
 
 def find_run_dirs(root: Path) -> list[Path]:
-    """Run directories at or below ``root``, sorted; hidden folders are not searched."""
+    """Run directories at or below ``root``, sorted; hidden folders are not searched, links are not followed."""
     found = []
     for folder, subdirs, _ in os.walk(root):
         if is_run_dir(Path(folder)):
@@ -95,38 +212,148 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _text(value: Any) -> str:
+    """A record's free text (status, error) as safe, bounded text, whatever JSON type it has."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return clip(clean_text(value))
+    try:
+        return clip(clean_text(json.dumps(value)))
+    except (RecursionError, ValueError, TypeError):
+        return f"<unreadable {type(value).__name__}>"
+
+
+def _name(value: Any) -> str | None:
+    """``value`` when it is a usable name: a non-empty string of at most MAX_NAME_CHARS characters."""
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_NAME_CHARS else None
+
+
+def _clean_protocol(value: dict[str, Any]) -> dict[str, Any]:
+    """A protocol record with scalar fields only: a nested value becomes its JSON text; NaN its name."""
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = repr(v)
+        elif v is not None and not isinstance(v, str | int | float | bool):
+            try:
+                v = json.dumps(v, sort_keys=True)
+            except (RecursionError, ValueError, TypeError):
+                v = f"<unreadable {type(v).__name__}>"
+        out[k] = v
+    return out
+
+
+def clean_record(path: Path, metrics: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The values of a finished run's record that have the type the board expects, and a note for each other."""
+    where = display_path(path)
+    notes: list[str] = []
+    clean: dict[str, Any] = {"status": FINISHED, "data": metrics["data"], "model": metrics["model"]}
+    seed = metrics.get("seed")
+    if (_is_number(seed) and math.isfinite(seed)) or _name(seed) is not None:
+        clean["seed"] = seed
+    elif seed is not None:
+        notes.append(f"{where}: seed: expected an integer or a name, got {describe(seed)}; ignored")
+    for key, check in (("git_commit", _name), ("sampler", _name)):
+        if key in metrics and metrics[key] is not None:
+            if check(metrics[key]) is None:
+                notes.append(f"{where}: {key}: expected a name, got {describe(metrics[key])}; ignored")
+            else:
+                clean[key] = metrics[key]
+    for key, value in metrics.items():
+        if "@" not in key and key not in RUN_METRICS:
+            continue
+        if len(key) > 2 * MAX_NAME_CHARS + 1:
+            notes.append(f"{where}: a metric key of {len(key)} characters; dropped")
+            continue
+        if not _is_number(value):
+            notes.append(f"{where}: {key}: expected a number, got {describe(value)}; dropped")
+            continue
+        try:
+            number = float(value)
+        except OverflowError:
+            notes.append(f"{where}: {key}: {describe(value, 20)} is too large for a float; dropped")
+            continue
+        if not math.isfinite(number):
+            notes.append(f"{where}: {key} is {format_nonfinite(number)}; left out of the mean")
+        clean[key] = number
+    protocols = metrics.get("protocols", {})
+    if isinstance(protocols, dict):
+        clean["protocols"] = {}
+        for key, value in protocols.items():
+            if isinstance(value, dict):
+                clean["protocols"][key] = _clean_protocol(value)
+            else:
+                notes.append(
+                    f"{where}: protocols.{clip(key, 100)}: expected a mapping, got {describe(value)}"
+                )
+    else:
+        notes.append(f"{where}: protocols: expected a mapping, got {describe(protocols)}; ignored")
+    skipped = metrics.get("skipped", {})
+    if isinstance(skipped, dict):
+        clean["skipped"] = {clip(k, MAX_NAME_CHARS): _text(v) for k, v in skipped.items()}
+    else:
+        notes.append(f"{where}: skipped: expected a mapping, got {describe(skipped)}; ignored")
+    if len(notes) > MAX_NOTES_PER_RUN:
+        notes[MAX_NOTES_PER_RUN:] = [f"{where}: and {len(notes) - MAX_NOTES_PER_RUN} more values dropped"]
+    return clean, notes
+
+
+def format_nonfinite(x: float) -> str:
+    return "NaN" if math.isnan(x) else ("+Infinity" if x > 0 else "-Infinity")
+
+
 def read_run(path: Path) -> Run | Problem:
-    """Parse one run directory. Raises ValueError when metrics.json is corrupt."""
-    metrics_path = path / METRICS_FILE
-    if not metrics_path.is_file():
+    """Parse one run directory. Raises ValueError when metrics.json is corrupt, unsafe or too large."""
+    where = display_path(path / METRICS_FILE)
+    try:
+        metrics_file = contained_file(path, METRICS_FILE)
+    except UnsafeFile as err:
+        raise ValueError(f"{where}: {err}") from err
+    if metrics_file is None:
         return Problem(path, "unfinished", "no metrics.json")
     try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {metrics_path}: {err}") from err
+        raw = read_regular_file(metrics_file, MAX_METRICS_BYTES)
+    except OSError as err:
+        raise ValueError(f"cannot read {where}: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+    try:
+        metrics = json.loads(raw)
+    except RecursionError as err:
+        raise ValueError(f"cannot read {where}: nested too deeply to parse") from err
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
+        raise ValueError(f"cannot read {where}: {clip(clean_text(str(err)), 300)}") from err
     if not isinstance(metrics, dict):
-        raise ValueError(f"{metrics_path} holds a JSON {type(metrics).__name__}, not an object")
+        raise ValueError(f"{where} holds a JSON {type(metrics).__name__}, not an object")
     status = metrics.get("status")
-    if status == RUNNING and not is_live(
-        metrics
-    ):  # SIGKILL, OOM killer, power loss: nothing else was written
-        return Problem(
-            path,
-            "killed",
-            f"process {metrics.get('pid')} on {metrics.get('host')} is gone; resume=true continues it",
-        )
+    if status == RUNNING:
+        try:
+            live = is_live(metrics)
+        except (TypeError, ValueError, OverflowError):
+            return Problem(path, RUNNING, "pid/host unreadable: cannot tell whether the process is alive")
+        if not live:  # SIGKILL, OOM killer, power loss: nothing else was written
+            return Problem(
+                path,
+                "killed",
+                f"process {_text(metrics.get('pid'))} on {_text(metrics.get('host'))} is gone; "
+                "resume=true continues it",
+            )
     if status != FINISHED:
-        return Problem(
-            path, str(status) if status is not None else "no status", str(metrics.get("error") or "")
-        )
+        return Problem(path, _text(status) or "no status", _text(metrics.get("error")))
     for key in ("data", "model"):
-        if not isinstance(metrics.get(key), str) or not metrics[key]:
-            raise ValueError(f"{metrics_path}: finished run without a '{key}' name")
-    return Run(path, metrics)
+        if _name(metrics.get(key)) is None:
+            raise ValueError(
+                f"{where}: finished run without a '{key}' name (got {describe(metrics.get(key))}; "
+                f"a name is a string of 1 to {MAX_NAME_CHARS} characters)"
+            )
+    clean, notes = clean_record(path, metrics)
+    return Run(path, clean, tuple(notes))
 
 
 def collect(roots: Iterable[str | Path]) -> Collection:
-    """Read every run under ``roots``; a corrupt metrics.json is warned about and skipped."""
+    """Read every run under ``roots``; a corrupt metrics.json is warned about and skipped, and so is each value of
+    the wrong type."""
     collection = Collection()
     seen: set[Path] = set()
     for root in roots:
@@ -142,10 +369,12 @@ def collect(roots: Iterable[str | Path]) -> Collection:
                 result = read_run(path)
             except ValueError as err:
                 collection.warn(f"corrupt run skipped: {err}")
-                collection.problems.append(Problem(path, "corrupt", str(err)))
+                collection.problems.append(Problem(path, "corrupt", clean_text(str(err))))
                 continue
             if isinstance(result, Run):
                 collection.runs.append(result)
+                for note in result.notes:
+                    collection.warn(note)
             else:
                 collection.problems.append(result)
     return collection
@@ -154,8 +383,8 @@ def collect(roots: Iterable[str | Path]) -> Collection:
 def run_rows(run: Run) -> list[RunRow]:
     """Split a run into one row per sampler named in its ``<metric>@<sampler>`` keys.
 
-    A run with no generative metric gives one row under its ``sampler`` field (or ``""``). Non-numeric values are
-    ignored; NaN is kept so that a diverged run shows as such.
+    A run with no generative metric gives one row under its ``sampler`` field (or ``""``). NaN and ±inf are kept:
+    the board counts them apart from the mean.
     """
     shared = {k: float(run.metrics[k]) for k in RUN_METRICS if _is_number(run.metrics.get(k))}
     per_sampler: dict[str, dict[str, float]] = {}

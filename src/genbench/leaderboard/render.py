@@ -1,4 +1,16 @@
-"""Render a :class:`Board` as Markdown, CSV and one self-contained HTML page (inline CSS, JS, SVG and images)."""
+"""Render a :class:`Board` as Markdown, CSV and one self-contained HTML page (inline CSS, JS, SVG and images).
+
+Every string comes from files the board does not trust, so each output escapes it for its own syntax: HTML
+(``html.escape`` of text and attributes), Markdown (``<``, ``>``, ``&`` as entities; ``\\``, ``|``, backticks,
+brackets, ``*`` and ``~`` backslash-escaped; newlines collapsed) and CSV (a text cell starting with ``=``, ``+``,
+``-``, ``@``, tab or carriage return gets a leading ``'``, as OWASP recommends against formula injection; numbers are
+written as numbers). Control characters and bidi overrides are replaced everywhere. Images are embedded only when
+they are regular PNG files inside their run directory, re-encoded as thumbnails.
+
+Each dataset is one or more tables, one per evaluation protocol (:meth:`Board.tables`); a table shows its protocol
+once, above it (a collapsed ``<details>`` in HTML, one line in Markdown). Published rows sit in each table beside
+the measured rows of the same model, with a marker ([P1]...) for their own protocol, spelt out under the table.
+"""
 
 from __future__ import annotations
 
@@ -8,39 +20,63 @@ import html
 import io
 import logging
 import math
-import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from genbench.leaderboard.collect import Problem
-from genbench.leaderboard.stats import Board, BoardRow, Metric, Stat
+from genbench.leaderboard.collect import (
+    Problem,
+    clean_text,
+    clip,
+    display_path,
+    format_nonfinite,
+    read_regular_file,
+)
+from genbench.leaderboard.stats import Board, BoardRow, Metric, Protocol, Stat, Table
 
 log = logging.getLogger(__name__)
 
 INTRO = (
     "Mean ± sample standard deviation over seeds; n = runs averaged; (k/n) = the metric exists in k of them; "
-    "blank = not measured. Published rows are copied from papers with their protocol; "
-    "'unverified' means recalled, not yet re-read from the paper."
+    "NaN and infinite values are left out of the mean and counted beside it; blank = not measured. "
+    "Each table holds runs measured under one evaluation protocol, stated above it; runs measured under "
+    "different protocols are never averaged together. Published rows are copied from papers, with their own "
+    "protocol ([P1]...) under the table; 'unverified' means recalled, not yet re-read from the paper."
 )
 THUMBNAIL_PX = 256
+MAX_IMAGE_BYTES = 32 * 2**20
+MAX_IMAGE_PIXELS = 32 * 2**20
+PROTOCOL_FIELD_ORDER = ("n_gen", "n_ref", "reference_split", "feature_extractor", "resizer")
+MAX_FIELD_CHARS = 300  # a protocol field as shown
 
 
 # ---------------------------------------------------------------------------------------------------- text helpers
 def format_number(x: float) -> str:
     if not math.isfinite(x):
-        return str(x)
+        return format_nonfinite(x) if math.isnan(x) else ("inf" if x > 0 else "-inf")
     return f"{x:.0f}" if abs(x) >= 1e4 else f"{x:.4g}"
 
 
+def _dropped_text(nonfinite: Sequence[str]) -> str:
+    return ", ".join(f"{k} {kind}" for kind, k in sorted(Counter(nonfinite).items()))
+
+
 def format_stat(stat: Stat | None, n: int | None) -> str:
+    """``mean ± std``, then ``(k/n)`` when only k of the n runs have a number, and how many gave NaN/inf."""
     if stat is None:
         return ""
+    if stat.count == 0:  # every run gave NaN or inf: nothing to average
+        kinds = "/".join(sorted(set(stat.nonfinite))) or "NaN"
+        return f"{kinds} in {len(stat.nonfinite)}/{n}" if n is not None else kinds
     text = format_number(stat.mean)
     if stat.std is not None:
         text += f" ± {format_number(stat.std)}"
+    note = []
     if n is not None and stat.count is not None and stat.count < n:
-        text += f" ({stat.count}/{n})"
-    return text
+        note.append(f"{stat.count}/{n}")
+    if stat.nonfinite:
+        note.append(_dropped_text(stat.nonfinite))
+    return text + (f" ({'; '.join(note)})" if note else "")
 
 
 def source_text(row: BoardRow) -> str:
@@ -49,60 +85,141 @@ def source_text(row: BoardRow) -> str:
     return f"published: {row.source}" + ("" if row.verified else " (unverified)")
 
 
-def display_path(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
-
-
 def shown_metrics(board: Board, rows: Sequence[BoardRow]) -> list[Metric]:
     """The board's metrics that at least one of ``rows`` has: empty columns are left out of a table."""
     return [m for m in board.metrics if any(m.key in row.stats for row in rows)]
 
 
-def _md_cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+def _field(key: str, value: object) -> str:
+    return f"{key}={clip(str(value), MAX_FIELD_CHARS)}"
+
+
+def _fields(fields: Sequence[tuple[str, object]]) -> str:
+    rank = {k: i for i, k in enumerate(PROTOCOL_FIELD_ORDER)}
+    ordered = sorted(fields, key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+    return ", ".join(_field(k, v) for k, v in ordered)
+
+
+def protocol_caption(protocols: dict[str, Protocol]) -> tuple[str, list[tuple[str, str]]]:
+    """A table's protocol as (summary, [(metrics, fields)]): the summary holds the fields every recorded protocol
+    of the table shares (and the metrics without one); each group of metrics with one protocol then lists its
+    other fields, or "" when it has none."""
+    if not protocols:
+        return "no generative metric measured", []
+    groups: dict[Protocol, list[str]] = {}
+    for metric, protocol in sorted(protocols.items()):
+        groups.setdefault(protocol, []).append(metric)
+    recorded = [p for p in groups if p is not None]
+    if not recorded:
+        return "not recorded (these runs wrote no protocol record)", []
+    common = [kv for kv in recorded[0] if all(kv in p for p in recorded)]
+    summary = _fields(common) if common else "differs per metric"
+    if None in groups:
+        summary += f"; not recorded for {', '.join(groups[None])}"
+    details = [
+        (", ".join(metrics), _fields([kv for kv in protocol if kv not in common]))
+        for protocol, metrics in groups.items()
+        if protocol is not None
+    ]
+    return summary, details
+
+
+def table_title(table: Table) -> str:
+    return table.data if table.count == 1 else f"{table.data}: protocol {table.index + 1} of {table.count}"
+
+
+def published_protocols(rows: Sequence[BoardRow]) -> dict[str, str]:
+    """Distinct protocols of the published rows, in order, each with its marker: protocol text -> "P1"."""
+    texts = dict.fromkeys(r.protocol for r in rows if r.published)
+    return {text: f"P{i + 1}" for i, text in enumerate(texts)}
+
+
+# ---------------------------------------------------------------------------------------------------- Markdown
+_MD_ESCAPES = str.maketrans(
+    {
+        "\\": "\\\\",
+        "|": "\\|",
+        "`": "\\`",
+        "[": "\\[",
+        "]": "\\]",
+        "*": "\\*",
+        "~": "\\~",
+        "<": "&lt;",
+        ">": "&gt;",
+        "&": "&amp;",
+    }
+)
+
+
+def md(text: object) -> str:
+    """``text`` as inert Markdown inline text: one line, no HTML, no link, no emphasis, no table break."""
+    return " ".join(clean_text(str(text)).split()).translate(_MD_ESCAPES)
 
 
 def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in body]
+    lines = ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
     return lines
 
 
 def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(" ".join(text.split()), limit)
 
 
-# ---------------------------------------------------------------------------------------------------- Markdown
+def _md_source(row: BoardRow, markers: dict[str, str]) -> str:
+    text = md(source_text(row))
+    return f"{text} [{markers[row.protocol]}]" if row.published else text
+
+
+def _caption(table: Table) -> tuple[str, list[tuple[str, str]]]:
+    if all(r.published for r in table.rows):
+        return "no run measured on this dataset; published numbers only", []
+    return protocol_caption(table.protocols)
+
+
+def _md_protocol_line(table: Table) -> str:
+    summary, details = _caption(table)
+    extra = [f"{md(metrics)}: {md(fields)}" for metrics, fields in details if fields]
+    return f"Protocol: {md(summary)}" + "".join(f"; {part}" for part in extra)
+
+
 def to_markdown(board: Board) -> str:
     lines = ["# genbench leaderboard", "", INTRO, ""]
     if not board.rows:
         lines += ["No finished runs found.", ""]
     for data in board.datasets:
-        rows = board.table(data)
-        metrics = shown_metrics(board, rows)
-        header = ["model", "sampler", "source", "n", *(m.label for m in metrics), "protocol"]
-        body = [
-            [
-                row.model,
-                row.sampler,
-                source_text(row),
-                "" if row.n is None else str(row.n),
-                *(format_stat(row.stats.get(m.key), row.n) for m in metrics),
-                row.protocol,
+        lines += [f"## {md(data)}", ""]
+        for table in board.tables(data):
+            if table.count > 1:
+                lines += [f"### {md(table_title(table))}", ""]
+            metrics = shown_metrics(board, table.rows)
+            markers = published_protocols(table.rows)
+            header = ["model", "sampler", "source", "n", *(m.label for m in metrics)]
+            body = [
+                [
+                    md(row.model),
+                    md(row.sampler),
+                    _md_source(row, markers),
+                    "" if row.n is None else str(row.n),
+                    *(md(format_stat(row.stats.get(m.key), row.n)) for m in metrics),
+                ]
+                for row in table.rows
             ]
-            for row in rows
-        ]
-        lines += [f"## {data}", "", *_md_table(header, body), ""]
-        notes = [f"- {row.model}/{row.sampler}: {note}" for row in rows for note in row.notes]
-        if notes:
-            lines += ["Skipped metrics:", "", *(_md_cell(n) for n in notes), ""]
+            lines += [_md_protocol_line(table), ""]
+            lines += ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cells) + " |" for cells in body]
+            lines.append("")
+            if markers:
+                legend = "; ".join(f"[{marker}] {md(text)}" for text, marker in markers.items())
+                lines += [f"Published protocols: {legend}", ""]
+            notes = [
+                f"- {md(row.model)}/{md(row.sampler)}: {md(note)}" for row in table.rows for note in row.notes
+            ]
+            if notes:
+                lines += ["Skipped or dropped values:", "", *notes, ""]
     lines += _md_problems(board.problems)
     if board.warnings:
-        lines += ["## Warnings", "", *(f"- {_md_cell(w)}" for w in board.warnings), ""]
+        lines += ["## Warnings", "", *(f"- {md(w)}" for w in board.warnings), ""]
     return "\n".join(lines)
 
 
@@ -119,14 +236,28 @@ def _md_problems(problems: Sequence[Problem]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- CSV
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run: text starting like a formula gets a leading ``'`` (numbers,
+    negative ones included, stay numbers). Control characters are replaced."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(CSV_FORMULA_STARTS):
+        value = "'" + value
+    return clean_text(value)
+
+
 def to_csv(board: Board) -> str:
-    """One line per board row, every metric as mean, std and count columns (blank when missing)."""
+    """One line per board row, every metric as mean, std and count columns (blank when missing); the row's
+    protocol (measured rows: per metric) and notes as text."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     header = ["data", "model", "sampler", "source", "verified", "n"]
     for m in board.metrics:
         header += [f"{m.key}_mean", f"{m.key}_std", f"{m.key}_count"]
-    writer.writerow([*header, "protocol", "git_commits", "runs"])
+    writer.writerow([*header, "protocol", "git_commits", "runs", "notes"])
 
     def blank(value: object) -> object:
         return "" if value is None else value
@@ -142,28 +273,50 @@ def to_csv(board: Board) -> str:
         ]
         for m in board.metrics:
             stat = row.stats.get(m.key)
-            cells += ["", "", ""] if stat is None else [stat.mean, blank(stat.std), blank(stat.count)]
-        cells += [row.protocol, ";".join(row.git_commits), ";".join(display_path(p) for p in row.runs)]
-        writer.writerow(cells)
+            if stat is None:
+                cells += ["", "", ""]
+            elif stat.count == 0:  # only NaN/inf: no mean
+                cells += ["", "", 0]
+            else:
+                cells += [stat.mean, blank(stat.std), blank(stat.count)]
+        cells += [
+            row.protocol,
+            ";".join(row.git_commits),
+            ";".join(display_path(p) for p in row.runs),
+            " | ".join(row.notes),
+        ]
+        writer.writerow([csv_cell(c) for c in cells])
     return out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------- HTML
 def e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(clean_text(str(value)), quote=True)
 
 
-def thumbnail_data_uri(path: Path, max_px: int = THUMBNAIL_PX) -> str | None:
-    """A PNG data URI of ``path`` shrunk to at most ``max_px`` a side, or None when it cannot be read."""
+def thumbnail_data_uri(
+    path: Path, max_px: int = THUMBNAIL_PX, problems: list[str] | None = None
+) -> str | None:
+    """A PNG data URI of the PNG file ``path`` shrunk to at most ``max_px`` a side, or None when it cannot be read
+    (not a regular file, over MAX_IMAGE_BYTES or MAX_IMAGE_PIXELS, not a PNG); why is appended to ``problems``."""
     try:
         from PIL import Image  # lazy: only the HTML page needs Pillow
 
-        with Image.open(path) as image:
+        data = read_regular_file(path, MAX_IMAGE_BYTES)
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"{width}x{height} pixels, over the {MAX_IMAGE_PIXELS} the leaderboard decodes"
+                )
             image.thumbnail((max_px, max_px))
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-    except (OSError, ValueError) as err:  # PIL raises OSError subclasses for unreadable images
-        log.warning("cannot embed samples %s: %s", path, err)
+    except Exception as err:  # Pillow raises many types on a hostile file; none may stop the board
+        message = clean_text(f"{display_path(path)}: samples not embedded: {clip(str(err), 300)}")
+        log.warning(message)
+        if problems is not None:
+            problems.append(message)
         return None
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -184,8 +337,7 @@ def _padded(lo: float, hi: float) -> tuple[float, float]:
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
-def fid_time_svg(rows: Sequence[BoardRow], metrics: Sequence[Metric]) -> str:
-    """An SVG scatter of FID against training time for the measured rows, one labelled point per row."""
+def _fid_time_svg(rows: Sequence[BoardRow], metrics: Sequence[Metric]) -> str:
     measured = [r for r in rows if not r.published]
     fid_key = next(
         (k for k in ("fid_inception", "fid_classifier") if any(k in r.stats for r in measured)), None
@@ -266,17 +418,37 @@ def fid_time_svg(rows: Sequence[BoardRow], metrics: Sequence[Metric]) -> str:
     return "\n".join(parts)
 
 
+def fid_time_svg(rows: Sequence[BoardRow], metrics: Sequence[Metric]) -> str:
+    """An SVG scatter of FID against training time for the measured rows, one labelled point per row."""
+    try:
+        return _fid_time_svg(rows, metrics)
+    except (ArithmeticError, ValueError) as err:  # values at the float limits
+        return f'<p class="noplot">Cannot plot these values: {e(err)}.</p>'
+
+
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; vertical-align: middle; }
-th { background: #f2f2f2; cursor: pointer; user-select: none; white-space: nowrap; }
+table { border-collapse: collapse; margin: 0.3em 0 0.4em; }
+div.scroll { overflow-x: auto; max-width: 100%; }
+th, td { border: 1px solid #ccc; padding: 2px 7px; vertical-align: middle; }
+th { background: #f2f2f2; cursor: pointer; user-select: none; max-width: 8em; vertical-align: bottom;
+  font-size: 13px; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; }
-td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.protocol, td.error { max-width: 28em; font-size: 12px; color: #555; }
+td { white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.error { white-space: normal; max-width: 40em; overflow-wrap: anywhere; font-size: 12px; color: #555; }
+td.thumb { padding: 1px 3px; }
 tr.published td { background: #fbf8ec; font-style: italic; }
-img.samples { width: 96px; image-rendering: pixelated; display: block; }
+sup.protocol-ref { font-style: normal; color: #8a6d00; cursor: help; }
+img.samples { height: 40px; width: auto; image-rendering: pixelated; display: block; }
+img.samples:hover { transform: scale(4); transform-origin: left center; position: relative; z-index: 2;
+  box-shadow: 0 0 6px #888; }
+details.protocol { margin: 0.2em 0; max-width: 75em; font-size: 13px; color: #333; }
+details.protocol summary { cursor: pointer; }
+details.protocol ul { margin: 0.3em 0; font-size: 12px; color: #555; }
+p.published-protocols, p.notes-title, ul.notes { font-size: 12px; color: #555; max-width: 75em; margin: 0.2em 0; }
+div.protocol-table { margin-bottom: 1.5em; }
 svg.plot { font-size: 11px; overflow: visible; }
 p.intro { max-width: 60em; color: #444; }
 """
@@ -310,7 +482,9 @@ JS = """
     rows.forEach(function (row) { body.appendChild(row); });
   }
   function fromHash() {
-    var match = /(?:^|&)sort=(-?)([^&]+)/.exec(decodeURIComponent(window.location.hash.slice(1)));
+    var hash;
+    try { hash = decodeURIComponent(window.location.hash.slice(1)); } catch (err) { return; }
+    var match = /(?:^|&)sort=(-?)([^&]+)/.exec(hash);
     if (!match) { return; }
     document.querySelectorAll("table.sortable").forEach(function (table) {
       sortTable(table, match[2], match[1] === "-");
@@ -341,39 +515,62 @@ def _num_td(value: float | None, text: str) -> str:
     return f'<td class="num" data-v="{e(v)}">{e(text)}</td>'
 
 
-def _html_table(board: Board, data: str, rows: Sequence[BoardRow], thumbnails: dict[Path, str | None]) -> str:
+def _html_protocol(table: Table) -> str:
+    summary, details = _caption(table)
+    items = "".join(
+        f"<li><b>{e(metrics)}</b>: {e(fields or 'only the fields above')}</li>" for metrics, fields in details
+    )
+    return (
+        f'<details class="protocol"><summary>Protocol: {e(summary)}</summary>'
+        + (f"<ul>{items}</ul>" if items else "")
+        + "</details>"
+    )
+
+
+def _html_table(board: Board, table: Table, thumbnails: dict[Path, str | None]) -> str:
+    rows = table.rows
     metrics = shown_metrics(board, rows)
+    markers = published_protocols(rows)
     head = [_th("model", "model"), _th("sampler", "sampler"), _th("source", "source"), _th("n", "n", True)]
+    head += [_th("samples", "samples")]
     head += [_th(m.key, m.label, m.higher_is_better) for m in metrics]
-    head += [_th("protocol", "protocol"), _th("samples", "samples")]
     body = []
     for row in rows:
-        cells = [f"<td>{e(row.model)}</td>", f"<td>{e(row.sampler)}</td>", f"<td>{e(source_text(row))}</td>"]
+        source = e(source_text(row))
+        if row.published:
+            source += f' <sup class="protocol-ref" title="{e(row.protocol)}">[{markers[row.protocol]}]</sup>'
+        cells = [f"<td>{e(row.model)}</td>", f"<td>{e(row.sampler)}</td>", f"<td>{source}</td>"]
         cells.append(_num_td(row.n, "" if row.n is None else str(row.n)))
-        for m in metrics:
-            stat = row.stats.get(m.key)
-            cells.append(_num_td(None if stat is None else stat.mean, format_stat(stat, row.n)))
-        cells.append(f'<td class="protocol">{e(row.protocol)}</td>')
         uri = thumbnails.get(row.samples) if row.samples is not None else None
         img = (
             f'<img class="samples" alt="samples of {e(row.model)}/{e(row.sampler)}" src="{e(uri)}">'
             if uri
             else ""
         )
-        cells.append(f'<td data-v="">{img}</td>')
+        cells.append(f'<td class="thumb" data-v="">{img}</td>')
+        for m in metrics:
+            stat = row.stats.get(m.key)
+            cells.append(_num_td(None if stat is None else stat.mean, format_stat(stat, row.n)))
         title = " ".join(row.notes)
         attrs = ' class="published"' if row.published else ' class="measured"'
         attrs += f' title="{e(title)}"' if title else ""
         body.append(f"<tr{attrs}>{''.join(cells)}</tr>")
-    return (
-        f'<table class="sortable board" id="board-{e(data)}" data-dataset="{e(data)}">\n'
-        f"<thead><tr>{''.join(head)}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
-    )
+    parts = [
+        f'<div class="scroll"><table class="sortable board" id="{e(table.id)}" data-dataset="{e(table.data)}">\n'
+        f"<thead><tr>{''.join(head)}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table></div>"
+    ]
+    if markers:
+        legend = "; ".join(f"<b>[{marker}]</b> {e(text)}" for text, marker in markers.items())
+        parts.append(f'<p class="published-protocols">Published rows, their protocols: {legend}</p>')
+    return "\n".join(parts)
 
 
 def to_html(board: Board) -> str:
+    image_problems: list[str] = []
     thumbnails = {
-        row.samples: thumbnail_data_uri(row.samples) for row in board.rows if row.samples is not None
+        row.samples: thumbnail_data_uri(row.samples, problems=image_problems)
+        for row in board.rows
+        if row.samples is not None
     }
     parts = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
@@ -385,13 +582,22 @@ def to_html(board: Board) -> str:
     if not board.rows:
         parts.append("<p>No finished runs found.</p>")
     for data in board.datasets:
-        rows = board.table(data)
         parts.append(f'<section class="dataset" id="data-{e(data)}">\n<h2>{e(data)}</h2>')
-        parts.append(_html_table(board, data, rows, thumbnails))
-        parts.append(fid_time_svg(rows, board.metrics))
-        notes = [f"{row.model}/{row.sampler}: {note}" for row in rows for note in row.notes]
-        if notes:
-            parts.append("<p>Skipped metrics:</p><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+        for table in board.tables(data):
+            parts.append(f'<div class="protocol-table" id="{e(table.id)}-block">')
+            if table.count > 1:
+                parts.append(f"<h3>{e(table_title(table))}</h3>")
+            parts.append(_html_protocol(table))
+            parts.append(_html_table(board, table, thumbnails))
+            parts.append(fid_time_svg(table.rows, board.metrics))
+            notes = [f"{row.model}/{row.sampler}: {note}" for row in table.rows for note in row.notes]
+            if notes:
+                parts.append(
+                    '<p class="notes-title">Skipped or dropped values:</p><ul class="notes">'
+                    + "".join(f"<li>{e(n)}</li>" for n in notes)
+                    + "</ul>"
+                )
+            parts.append("</div>")
         parts.append("</section>")
     if board.problems:
         parts.append('<section id="problems">\n<h2>Failed or unfinished runs (not averaged)</h2>')
@@ -407,9 +613,10 @@ def to_html(board: Board) -> str:
             )
             + "\n</tbody></table>\n</section>"
         )
-    if board.warnings:
+    warnings = [*board.warnings, *image_problems]
+    if warnings:
         parts.append('<section id="warnings">\n<h2>Warnings</h2>\n<ul>')
-        parts += [f"<li>{e(w)}</li>" for w in board.warnings]
+        parts += [f"<li>{e(w)}</li>" for w in warnings]
         parts.append("</ul>\n</section>")
     parts.append(f"<script>{JS}</script>\n</body>\n</html>\n")
     return "\n".join(parts)

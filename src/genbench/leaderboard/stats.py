@@ -1,17 +1,45 @@
-"""Group run rows by (data, model, sampler) and summarise each metric as mean, sample std and count."""
+"""Group run rows by (data, model, sampler, protocol) and summarise each metric as mean, sample std and count.
+
+Protocols never mix. Each generative value comes with its protocol record (``protocols`` in metrics.json: n_gen,
+n_ref, reference split, resizer, feature extractor with its weights, KID subsets, k...; every field counts); a
+value without one has the protocol "not recorded", which matches no recorded protocol. Runs of one
+(data, model, sampler) are averaged together only when every metric they share was measured under the same
+protocol; runs that differ become separate rows (and a warning). A metric one run lacks (Inception weights
+missing there) does not split: it is counted "(k/n)". The rows of a dataset are then laid out in tables the same
+way (:meth:`Board.tables`): within one table each metric column has exactly one protocol, shown once above it.
+The protocol most runs used comes first (the first row of a split group, the first table of a dataset).
+
+NaN and ±Infinity (a diverged run, a failed metric) are left out of the mean and std: the cell says how many runs
+gave one ("12 ± 2 (2/3; 1 NaN)", or "NaN in 3/3" when no run gave a number), the row's notes name the runs, and
+each such value is a warning naming its run directory and key. ``nan ± nan`` never appears.
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-from genbench.leaderboard.collect import Collection, Problem, RunRow, run_rows
+from genbench.leaderboard.collect import (
+    RUN_METRICS,
+    Collection,
+    Problem,
+    RunRow,
+    UnsafeFile,
+    contained_file,
+    display_path,
+    format_nonfinite,
+    run_rows,
+)
 
 MEASURED = "measured"
+
+# A protocol as compared: its fields sorted by name, or None for "not recorded".
+Protocol = tuple[tuple[str, Any], ...] | None
 
 
 @dataclass(frozen=True)
@@ -40,24 +68,37 @@ METRICS = (
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample standard deviation (n - 1) of ``count`` values; ``std`` is None for a single value."""
+    """Mean and sample standard deviation (n - 1) of the ``count`` finite values; ``std`` is None for a single
+    value. ``nonfinite`` names the values left out ("NaN", "+Infinity"); with no finite value ``mean`` is NaN and
+    ``count`` 0."""
 
     mean: float
     std: float | None
     count: int | None  # None for published numbers, whose run count is not recorded
+    nonfinite: tuple[str, ...] = ()
+
+    @property
+    def finite(self) -> bool:
+        return self.count != 0 and math.isfinite(self.mean)
 
 
 def summarise(values: Sequence[float]) -> Stat:
+    """Mean and std of the finite ``values``; NaN and ±inf are counted in ``nonfinite``, not averaged."""
     if not values:
         raise ValueError("no values to summarise")
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        std = None
-    elif all(math.isfinite(v) for v in values):
-        std = statistics.stdev(values)
-    else:  # a diverged run: keep it visible rather than averaging it away
-        std = math.nan
-    return Stat(mean, std, len(values))
+    finite = [v for v in values if math.isfinite(v)]
+    dropped = tuple(sorted(format_nonfinite(v) for v in values if not math.isfinite(v)))
+    if not finite:
+        return Stat(math.nan, None, 0, dropped)
+    try:
+        mean = statistics.fmean(finite)
+    except OverflowError:  # values near the float limit: exact arithmetic
+        mean = float(statistics.mean(finite))
+    try:
+        std = statistics.stdev(finite) if len(finite) >= 2 else None
+    except OverflowError:
+        std = math.inf
+    return Stat(mean, std, len(finite), dropped)
 
 
 @dataclass(frozen=True)
@@ -70,12 +111,13 @@ class BoardRow:
     source: str  # MEASURED, or the citation of a published number
     n: int | None  # runs averaged; None for published rows
     stats: dict[str, Stat]
-    protocol: str = ""
+    protocol: str = ""  # as text: the CSV's column; a published row's protocol
     verified: bool | None = None  # published rows only
     runs: tuple[Path, ...] = ()
     samples: Path | None = None  # samples.png of the row's best (lowest FID) or first run
-    notes: tuple[str, ...] = ()  # metrics the runs skipped, and why
+    notes: tuple[str, ...] = ()  # metrics the runs skipped or could not average, and why
     git_commits: tuple[str, ...] = ()
+    protocols: dict[str, Protocol] = field(default_factory=dict)  # measured rows: metric -> its one protocol
 
     @property
     def published(self) -> bool:
@@ -84,6 +126,21 @@ class BoardRow:
     def fid_key(self) -> str | None:
         """The FID this row is ranked and plotted by: Inception when present, else the classifier one."""
         return next((k for k in ("fid_inception", "fid_classifier") if k in self.stats), None)
+
+
+@dataclass(frozen=True)
+class Table:
+    """The rows of one dataset measured under one protocol, with the dataset's published rows beside them."""
+
+    data: str
+    index: int  # 0, 1, ... among the dataset's tables
+    count: int  # how many tables the dataset has
+    protocols: dict[str, Protocol]  # metric -> the protocol of every value in its column
+    rows: list[BoardRow]
+
+    @property
+    def id(self) -> str:
+        return f"board-{self.data}" if self.index == 0 else f"board-{self.data}-{self.index + 1}"
 
 
 @dataclass
@@ -100,78 +157,204 @@ class Board:
     def table(self, data: str) -> list[BoardRow]:
         return [row for row in self.rows if row.data == data]
 
+    def tables(self, data: str) -> list[Table]:
+        """The dataset's measured rows split into tables of one protocol each (each with the published rows)."""
+        rows = self.table(data)
+        clusters = _by_size(
+            cluster_by_protocol([r for r in rows if not r.published], lambda r: r.protocols),
+            lambda r: r.n or 0,
+        )
+        if not clusters:
+            clusters = [({}, [])]
+        tables = []
+        for i, (protocols, members) in enumerate(clusters):
+            ids = {id(r) for r in members}
+            shown = [r for r in rows if r.published or id(r) in ids]  # the board's order: published beside
+            tables.append(Table(data, i, len(clusters), protocols, shown))
+        return tables
 
-def _protocol_summary(rows: Iterable[RunRow]) -> str:
-    """Distinct evaluation protocols of the rows, the metrics that share one named together."""
-    by_protocol: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        for metric, protocol in row.protocols.items():
-            text = ", ".join(f"{k}={v}" for k, v in sorted(protocol.items()))
-            by_protocol[text].add(metric)
-    return "; ".join(f"{', '.join(sorted(metrics))}: {text}" for text, metrics in sorted(by_protocol.items()))
+
+T = TypeVar("T")
+_ABSENT = object()
 
 
-def _samples_of(rows: Sequence[RunRow], sampler: str) -> Path | None:
-    """samples_<sampler>.png or samples.png of the run with the lowest FID, else of the first run that has one."""
+def cluster_by_protocol(
+    items: Iterable[T], protocols_of: Callable[[T], dict[str, Protocol]]
+) -> list[tuple[dict[str, Protocol], list[T]]]:
+    """Split ``items`` (in order) into clusters in which each metric has one protocol: an item joins the first
+    cluster that agrees with it on every metric both have, else starts one. Returns (metric -> protocol, items)
+    per cluster, in the order the clusters were started."""
+    clusters: list[tuple[dict[str, Protocol], list[T]]] = []
+    for item in items:
+        mine = protocols_of(item)
+        for union, members in clusters:
+            if all(union.get(k, _ABSENT) in (_ABSENT, v) for k, v in mine.items()):
+                union.update(mine)
+                members.append(item)
+                break
+        else:
+            clusters.append((dict(mine), [item]))
+    return clusters
+
+
+def _by_size(
+    clusters: list[tuple[dict[str, Protocol], list[T]]], size: Callable[[T], int]
+) -> list[tuple[dict[str, Protocol], list[T]]]:
+    """The clusters, the one with the most runs first (ties: in order)."""
+    return sorted(clusters, key=lambda c: -sum(size(m) for m in c[1]))
+
+
+def protocols_of(row: RunRow) -> dict[str, Protocol]:
+    """The protocol of each of the row's generative values (run-level metrics such as training time have none);
+    a ``sampler`` field naming the row's own sampler is left out, since rows already differ by sampler."""
+    out: dict[str, Protocol] = {}
+    for metric in row.values:
+        if metric in RUN_METRICS:
+            continue
+        record = row.protocols.get(metric)
+        out[metric] = (
+            None
+            if record is None
+            else tuple(
+                sorted(
+                    ((k, v) for k, v in record.items() if not (k == "sampler" and v == row.sampler)),
+                    key=lambda kv: kv[0],
+                )
+            )
+        )
+    return out
+
+
+def protocol_fields_text(protocol: Protocol) -> str:
+    return "not recorded" if protocol is None else ", ".join(f"{k}={v}" for k, v in protocol)
+
+
+def _protocol_summary(protocols: dict[str, Protocol]) -> str:
+    """The protocols as one line, the metrics that share one named together."""
+    by_protocol: dict[str, list[str]] = defaultdict(list)
+    for metric, protocol in sorted(protocols.items()):
+        by_protocol[protocol_fields_text(protocol)].append(metric)
+    return "; ".join(f"{', '.join(metrics)}: {text}" for text, metrics in sorted(by_protocol.items()))
+
+
+def _protocol_difference(clusters: Sequence[dict[str, Protocol]]) -> str:
+    """What tells the clusters' protocols apart, e.g. ``n_gen=10000 / n_gen=1000 for fid_classifier, kid_...``."""
+    by_difference: dict[str, list[str]] = defaultdict(list)
+    for metric in sorted({m for c in clusters for m in c}):
+        seen = list(dict.fromkeys(c[metric] for c in clusters if metric in c))
+        if len(seen) < 2:
+            continue
+        records = [dict(p) if p is not None else None for p in seen]
+        keys = sorted({k for r in records if r is not None for k in r})
+        varying = [k for k in keys if len({repr(r.get(k)) if r is not None else "-" for r in records}) > 1]
+        shown = [
+            "not recorded" if r is None else ", ".join(f"{k}={r.get(k)}" for k in varying) or "…"
+            for r in records
+        ]
+        by_difference[" / ".join(shown)].append(metric)
+    text = "; ".join(
+        f"{difference} for {', '.join(metrics)}" for difference, metrics in by_difference.items()
+    )
+    return text if len(text) <= 500 else text[:499] + "…"
+
+
+def _samples_of(rows: Sequence[RunRow], sampler: str) -> tuple[Path | None, list[str]]:
+    """samples_<sampler>.png or samples.png of the run with the lowest FID, else of the first run that has one;
+    only a regular file inside its run directory (a warning for each other one)."""
 
     def fid(row: RunRow) -> float:
         value = row.values.get("fid_inception", row.values.get("fid_classifier"))
         return value if value is not None and math.isfinite(value) else math.inf
 
+    chosen, warnings = None, []
     for row in sorted(rows, key=fid):  # stable: ties keep path order
         for name in (f"samples_{sampler}.png", "samples.png"):
-            if (row.run.path / name).is_file():
-                return row.run.path / name
-    return None
+            try:
+                found = contained_file(row.run.path, name)
+            except UnsafeFile as err:
+                warnings.append(f"{display_path(row.run.path)}: samples not embedded: {err}")
+                continue
+            if found is not None:
+                chosen = chosen or found
+                break
+    return chosen, warnings
+
+
+def _nonfinite_notes(members: Sequence[RunRow]) -> list[str]:
+    dropped: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for member in members:
+        for metric, value in sorted(member.values.items()):
+            if not math.isfinite(value):
+                dropped[(metric, format_nonfinite(value))].append(display_path(member.run.path))
+    return [
+        f"{metric} is {kind} in {len(paths)} of {len(members)} runs, left out of the mean: {', '.join(paths)}"
+        for (metric, kind), paths in sorted(dropped.items())
+    ]
+
+
+def _board_row(
+    data: str, model: str, sampler: str, members: list[RunRow], protocols: dict[str, Protocol]
+) -> tuple[BoardRow, list[str]]:
+    warnings = []
+    values: dict[str, list[float]] = defaultdict(list)
+    for member in members:
+        for metric, value in member.values.items():
+            values[metric].append(value)
+    seeds: dict[str, list[str]] = defaultdict(list)
+    for member in members:
+        if member.run.seed is not None:
+            seeds[repr(member.run.seed)].append(display_path(member.run.path))
+    for seed, paths in seeds.items():
+        if len(paths) > 1:
+            warnings.append(
+                f"{data}/{model}/{sampler}: {len(paths)} runs share seed {seed} and are all averaged: {', '.join(paths)}"
+            )
+    skipped: Counter[tuple[str, str]] = Counter()
+    for member in members:
+        for metric, reason in member.skipped.items():
+            skipped[(metric, reason)] += 1
+    notes = tuple(
+        f"{metric} skipped in {k} of {len(members)} runs: {reason}"
+        for (metric, reason), k in sorted(skipped.items())
+    ) + tuple(_nonfinite_notes(members))
+    commits = sorted({str(m.run.metrics["git_commit"]) for m in members if m.run.metrics.get("git_commit")})
+    samples, samples_warnings = _samples_of(members, sampler)
+    row = BoardRow(
+        data=data,
+        model=model,
+        sampler=sampler,
+        source=MEASURED,
+        n=len(members),
+        stats={metric: summarise(vs) for metric, vs in values.items()},
+        protocol=_protocol_summary(protocols),
+        runs=tuple(m.run.path for m in members),
+        samples=samples,
+        notes=notes,
+        git_commits=tuple(commits),
+        protocols=protocols,
+    )
+    return row, warnings + samples_warnings
 
 
 def group(rows: Iterable[RunRow]) -> tuple[list[BoardRow], list[str]]:
-    """Average rows over seeds per (data, model, sampler); also return warnings about repeated seeds."""
+    """Average rows over seeds per (data, model, sampler) and protocol; also return warnings (repeated seeds,
+    runs split by protocol, samples not embedded)."""
     groups: dict[tuple[str, str, str], list[RunRow]] = defaultdict(list)
     for row in rows:
         groups[(row.run.data, row.run.model, row.sampler)].append(row)
     board_rows, warnings = [], []
     for (data, model, sampler), members in sorted(groups.items()):
         members.sort(key=lambda r: str(r.run.path))
-        values: dict[str, list[float]] = defaultdict(list)
-        for member in members:
-            for metric, value in member.values.items():
-                values[metric].append(value)
-        seeds: dict[str, list[str]] = defaultdict(list)
-        for member in members:
-            if member.run.seed is not None:
-                seeds[repr(member.run.seed)].append(str(member.run.path))
-        for seed, paths in seeds.items():
-            if len(paths) > 1:
-                warnings.append(
-                    f"{data}/{model}/{sampler}: {len(paths)} runs share seed {seed} and are all averaged: {', '.join(paths)}"
-                )
-        skipped: dict[tuple[str, str], int] = defaultdict(int)
-        for member in members:
-            for metric, reason in member.skipped.items():
-                skipped[(metric, reason)] += 1
-        notes = tuple(
-            f"{metric} skipped in {k} of {len(members)} runs: {reason}"
-            for (metric, reason), k in sorted(skipped.items())
-        )
-        commits = sorted(
-            {str(m.run.metrics["git_commit"]) for m in members if m.run.metrics.get("git_commit")}
-        )
-        board_rows.append(
-            BoardRow(
-                data=data,
-                model=model,
-                sampler=sampler,
-                source=MEASURED,
-                n=len(members),
-                stats={metric: summarise(vs) for metric, vs in values.items()},
-                protocol=_protocol_summary(members),
-                runs=tuple(m.run.path for m in members),
-                samples=_samples_of(members, sampler),
-                notes=notes,
-                git_commits=tuple(commits),
+        clusters = _by_size(cluster_by_protocol(members, protocols_of), lambda r: 1)
+        if len(clusters) > 1:
+            warnings.append(
+                f"{data}/{model}/{sampler}: runs measured under {len(clusters)} different protocols are shown as "
+                f"{len(clusters)} rows, not averaged together ({_protocol_difference([c for c, _ in clusters])})"
             )
-        )
+        for protocols, cluster in clusters:
+            board_row, row_warnings = _board_row(data, model, sampler, cluster, protocols)
+            board_rows.append(board_row)
+            warnings += row_warnings
     return board_rows, warnings
 
 

@@ -53,7 +53,7 @@ def read_record(run_dir: str | Path) -> dict[str, Any] | None:
     path = metrics_path(run_dir)
     try:
         record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSON, huge integers
         return None
     return record if isinstance(record, dict) else None
 
@@ -118,7 +118,7 @@ def is_live(record: dict[str, Any]) -> bool:
         return True
     try:
         os.kill(int(record.get("pid", -1)), 0)
-    except (ProcessLookupError, ValueError, OverflowError):
+    except (ProcessLookupError, ValueError, OverflowError, TypeError):
         return False
     except PermissionError:
         return True
