@@ -1,5 +1,5 @@
 """Reconstruction quality on the train and test splits: MSE per pixel in [0, 1], PSNR (mean over images) and, on
-the test split, SSIM, both from torchmetrics (its metric objects aggregate correctly across batches and ranks)."""
+the test split, SSIM, both from torchmetrics (its metric objects aggregate across batches; rank 0 computes alone)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,13 @@ def reconstruction_quality(
     n = total if n_images is None else min(n_images, total)
     if n == 0:
         return None
-    psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)).to(ctx.device)
-    structural = StructuralSimilarityIndexMeasure(data_range=1.0).to(ctx.device) if ssim else None
+    # this evaluator runs on rank 0 alone under DDP: no cross-rank sync (the other ranks are not in it)
+    psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3), sync_on_compute=False).to(ctx.device)
+    structural = (
+        StructuralSimilarityIndexMeasure(data_range=1.0, sync_on_compute=False).to(ctx.device)
+        if ssim
+        else None
+    )
     squared, count = torch.zeros((), device=ctx.device, dtype=torch.float64), 0
     with Progress(f"reconstructing {split} images", n, unit="images") as progress:
         for start in range(0, n, batch_size):
