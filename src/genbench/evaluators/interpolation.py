@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from genbench.evaluators.base import EvalContext
-from genbench.evaluators.pictures import save_grid
+from genbench.evaluators.pictures import MIN_CELL, save_grid
 from genbench.interface import EncoderUnavailable, GenerativeModel
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,17 @@ class Interpolations:
     """``interpolations.png``: ``rows`` rows, each ``steps`` decodings from one test image's code to another's.
 
     Row r goes from test image r to test image r + rows. With ``with_originals`` the two images themselves
-    frame the row (``steps`` + 2 columns), which also shows how well the endpoints are reconstructed.
+    frame the row (``steps`` + 2 columns), which also shows how well the endpoints are reconstructed. Columns are
+    labelled with their fraction t of the path ("from" / "to" over the originals); the caption names the path
+    (lerp or slerp).
     """
 
-    def __init__(self, rows: int = 8, steps: int = 10, with_originals: bool = True) -> None:
+    def __init__(
+        self, rows: int = 8, steps: int = 10, with_originals: bool = True, min_cell: int = MIN_CELL
+    ) -> None:
         if rows < 1 or steps < 2:
             raise ValueError(f"need rows >= 1 and steps >= 2, got rows={rows}, steps={steps}")
-        self.rows, self.steps, self.with_originals = rows, steps, with_originals
+        self.rows, self.steps, self.with_originals, self.min_cell = rows, steps, with_originals, min_cell
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         split = "test" if len(ctx.datamodule.split("test")) else "train"
@@ -84,9 +88,27 @@ class Interpolations:
             log.warning("interpolations.png skipped: %s", err)
             ctx.records.setdefault("skipped", {})["interpolations"] = str(err)
             return {}
-        path = interpolate(z[:rows], z[rows:], self.steps, latent_geometry(ctx.model))  # (R, S, D)
+        geometry = latent_geometry(ctx.model)
+        path = interpolate(z[:rows], z[rows:], self.steps, geometry)  # (R, S, D)
         images = ctx.model.decode(path.flatten(0, 1)).unflatten(0, (rows, self.steps))  # (R, S, C, H, W)
+        columns = [f"{t:.2g}" for t in torch.linspace(0, 1, self.steps).tolist()]
         if self.with_originals:
             images = torch.cat([x[:rows, None], images.to(x), x[rows:, None]], dim=1)  # (R, S + 2, C, H, W)
-        save_grid(ctx, "interpolations", images.flatten(0, 1), nrow=images.shape[1])
+            columns = ["from", *columns, "to"]
+        how = "slerp: great-circle arc on the sphere" if geometry == "sphere" else "lerp: straight line"
+        ends = (
+            f"from the {split} image at the left (from) to the one at the right (to)"
+            if self.with_originals
+            else f"from one {split} image's code to another's"
+        )
+        caption = f"interpolations ({how}): each row decodes {self.steps} points, at fractions t, of the latent path {ends}"
+        save_grid(
+            ctx,
+            "interpolations",
+            images.flatten(0, 1),
+            nrow=images.shape[1],
+            caption=caption,
+            column_labels=columns,
+            min_cell=self.min_cell,
+        )
         return {}

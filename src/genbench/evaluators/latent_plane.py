@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from genbench.evaluators.base import EvalContext
-from genbench.evaluators.pictures import save_grid
+from genbench.evaluators.pictures import MIN_CELL, save_grid
 from genbench.interface import EncoderUnavailable
 
 log = logging.getLogger(__name__)
@@ -143,12 +143,26 @@ class LatentPlane:
         if codes is not None and n:
             lo, hi = plane_window(codes, self.quantile, self.extent)
             labels = ctx.datamodule.split(split).labels[:n]
-            save_grid(ctx, "latent_scatter", render_scatter(codes, labels, lo, hi, self.size)[None], nrow=1)
+            save_grid(
+                ctx,
+                "latent_scatter",
+                render_scatter(codes, labels, lo, hi, self.size)[None],
+                nrow=1,
+                caption=f"latent codes of {n} {split} images, coloured by label",
+            )
         else:  # no codes to place the window on: fall back to the prior's usual +-3
             lo, hi = plane_window(
                 torch.zeros(1, 2), self.quantile, self.extent if self.extent is not None else 3.0
             )
         z = plane_grid(lo, hi, self.grid).to(ctx.device)
         decoded = torch.cat([ctx.model.decode(chunk) for chunk in z.split(self.batch_size)])
-        save_grid(ctx, "latent_manifold", decoded, nrow=self.grid)
+        window = f"x [{float(lo[0]):.2f}, {float(hi[0]):.2f}], y [{float(lo[1]):.2f}, {float(hi[1]):.2f}]"
+        save_grid(
+            ctx,
+            "latent_manifold",
+            decoded,
+            nrow=self.grid,
+            caption=f"latent manifold: decodings of a {self.grid} x {self.grid} grid over {window}, y up",
+            min_cell=MIN_CELL,
+        )
         return {}

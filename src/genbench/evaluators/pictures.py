@@ -1,7 +1,23 @@
-"""Sample and reconstruction grids, written as PNG files in the run directory."""
+"""Sample and reconstruction grids, written as PNG files in the run directory, and the drawing helpers every
+picture evaluator shares.
+
+A grid is ``make_grid`` of the images, optionally made readable (``save_grid``'s keywords): each image upscaled with
+nearest-neighbour so a cell is at least ``min_cell`` pixels (digits 16 px x3, MNIST 28 px x2, 64 px images as they
+are), a 2 px white separator, labels at the left of each row and/or above each column, and a caption strip on top
+saying what the picture shows. Text is drawn with Pillow's default font; no matplotlib.
+
+What the loggers get: ``ctx.pictures[name]`` holds exactly the picture written to ``<name>.png`` (captioned and
+upscaled; RGB, (3, H, W) in [0, 1]), so W&B and TensorBoard show the same labelled picture as the run directory.
+Without the keywords ``save_grid`` writes the plain ``make_grid`` picture, as before.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.utils import make_grid
@@ -9,38 +25,188 @@ from torchvision.utils import make_grid
 from genbench.evaluators.base import EvalContext
 from genbench.io import atomic_path
 
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
 
-def save_grid(ctx: EvalContext, name: str, images: Tensor, nrow: int) -> Tensor:
-    """Tile (N, C, H, W) images in [0, 1] into a grid, write ``<run_dir>/<name>.png`` atomically, return the grid."""
+MIN_CELL = 48  # pixels: the smallest side of a grid cell after upscaling
+SEPARATOR = 2  # pixels of white between cells
+CAPTION_SIZE = 13  # font sizes (pixels)
+LABEL_SIZE = 12
+TEXT = (30, 30, 30)
+BACKGROUND = (255, 255, 255)
+
+
+def font(size: int = LABEL_SIZE):
+    """Pillow's default font at ``size`` px (its bitmap font where Pillow was built without FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # old Pillow, or no FreeType
+        return ImageFont.load_default()
+
+
+def line_height(text_font) -> int:
+    box = text_font.getbbox("Ag")
+    return int(box[3]) + 4
+
+
+def wrap(text: str, width: int, text_font) -> list[str]:
+    """``text`` broken into lines of at most ``width`` pixels at word boundaries (explicit newlines kept)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and text_font.getlength(candidate) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def caption_strip(text: str, width: int, size: int = CAPTION_SIZE) -> PILImage.Image:
+    """A white RGB strip ``width`` wide holding ``text``, wrapped, in dark grey."""
+    from PIL import Image, ImageDraw
+
+    text_font, pad = font(size), 6
+    lines = wrap(text, max(width - 2 * pad, 1), text_font)
+    step = line_height(text_font)
+    strip = Image.new("RGB", (width, 2 * pad + step * len(lines)), BACKGROUND)
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(lines):
+        draw.text((pad, pad + i * step), line, fill=TEXT, font=text_font)
+    return strip
+
+
+def with_caption(image: PILImage.Image, caption: str | None) -> PILImage.Image:
+    """``image`` (RGB) with a caption strip above it; ``image`` itself when ``caption`` is empty."""
     from PIL import Image
 
-    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    array = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    if array.shape[2] == 1:
-        array = array[:, :, 0]
+    if not caption:
+        return image
+    strip = caption_strip(caption, image.width)
+    out = Image.new("RGB", (image.width, strip.height + image.height), BACKGROUND)
+    out.paste(strip, (0, 0))
+    out.paste(image, (0, strip.height))
+    return out
+
+
+def upscale_factor(height: int, width: int, min_cell: int) -> int:
+    """The integer nearest-neighbour factor that makes the smaller side of an image at least ``min_cell``."""
+    return max(1, math.ceil(min_cell / max(1, min(height, width))))
+
+
+def to_pil(picture: Tensor) -> PILImage.Image:
+    """A (C, H, W) tensor in [0, 1] (C = 1 or 3) as an RGB Pillow image."""
+    from PIL import Image
+
+    array = picture.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    array = array.expand(3, -1, -1) if array.shape[0] == 1 else array
+    return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def to_tensor(image: PILImage.Image) -> Tensor:
+    """An RGB Pillow image as a (3, H, W) tensor in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float().div(255.0)
+
+
+def render_grid(
+    images: Tensor,
+    nrow: int,
+    caption: str | None = None,
+    row_labels: Sequence[str] | None = None,
+    column_labels: Sequence[str] | None = None,
+    min_cell: int = 0,
+    padding: int = SEPARATOR,
+) -> Tensor:
+    """(N, C, H, W) images in [0, 1] tiled ``nrow`` per row into a (3, H', W') picture in [0, 1].
+
+    Images are upscaled (nearest) to cells of at least ``min_cell`` pixels; ``row_labels[r]`` is written at the
+    left of row r, ``column_labels[c]`` above column c (cycled when shorter), ``caption`` on a strip on top. With
+    none of these it is torchvision's ``make_grid`` (``padding`` px of white), unchanged.
+    """
+    from PIL import Image, ImageDraw
+
+    images = images.detach().float().clamp(0, 1).cpu()
+    scale = upscale_factor(images.shape[2], images.shape[3], min_cell) if min_cell else 1
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)  # (3, H', W')
+    if not (caption or row_labels or column_labels):
+        return grid
+    cell_h, cell_w = images.shape[2] + padding, images.shape[3] + padding
+    rows, columns = grid.shape[1] // cell_h, min(nrow, len(images))
+    label_font = font(LABEL_SIZE)
+    left = int(max(label_font.getlength(str(label)) for label in row_labels)) + 10 if row_labels else 0
+    top = line_height(label_font) + 4 if column_labels else 0
+    body = Image.new("RGB", (left + grid.shape[2], top + grid.shape[1]), BACKGROUND)
+    body.paste(to_pil(grid), (left, top))
+    draw = ImageDraw.Draw(body)
+    if row_labels:
+        for r in range(rows):
+            label = str(row_labels[r % len(row_labels)])
+            y = top + padding + r * cell_h + (cell_h - padding) / 2
+            draw.text((left - 5, y), label, fill=TEXT, font=label_font, anchor="rm")
+    if column_labels:
+        for c in range(columns):
+            label = str(column_labels[c % len(column_labels)])
+            x = left + padding + c * cell_w + (cell_w - padding) / 2
+            draw.text((x, top - 3), label, fill=TEXT, font=label_font, anchor="md")
+    return to_tensor(with_caption(body, caption))
+
+
+def save_picture(ctx: EvalContext, name: str, picture: Tensor, grey: bool = False) -> Tensor:
+    """Write a (C, H, W) picture in [0, 1] to ``<run_dir>/<name>.png`` atomically (8-bit grey when ``grey``) and
+    hand it to the loggers through ``ctx.pictures[name]``; return it."""
+    image = to_pil(picture)
+    if grey:
+        image = image.convert("L")
     with atomic_path(ctx.run_dir / f"{name}.png") as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-    ctx.pictures[name] = grid
-    return grid
+        image.save(tmp, format="PNG")
+    ctx.pictures[name] = picture
+    return picture
+
+
+def save_grid(
+    ctx: EvalContext,
+    name: str,
+    images: Tensor,
+    nrow: int,
+    *,
+    caption: str | None = None,
+    row_labels: Sequence[str] | None = None,
+    column_labels: Sequence[str] | None = None,
+    min_cell: int = 0,
+) -> Tensor:
+    """Tile (N, C, H, W) images in [0, 1] into a grid (see ``render_grid`` for the keywords), write
+    ``<run_dir>/<name>.png`` atomically, put the picture in ``ctx.pictures[name]`` and return it."""
+    picture = render_grid(images, nrow, caption, row_labels, column_labels, min_cell)
+    return save_picture(ctx, name, picture, grey=images.shape[1] == 1)
 
 
 class SampleGrid:
-    """``samples.png``: an ``rows`` x ``rows`` grid of ``model.sample`` draws (fixed seed: comparable across epochs)."""
+    """``samples.png``: an ``rows`` x ``rows`` grid of ``model.sample`` draws (fixed seed: comparable across epochs),
+    captioned with the sampler's name."""
 
-    def __init__(self, rows: int = 8) -> None:
-        self.rows = rows
+    def __init__(self, rows: int = 8, min_cell: int = MIN_CELL) -> None:
+        self.rows, self.min_cell = rows, min_cell
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        samples = ctx.model.sample(self.rows * self.rows, generator=ctx.generator(1))
-        save_grid(ctx, "samples", samples, nrow=self.rows)
+        n = self.rows * self.rows
+        samples = ctx.model.sample(n, generator=ctx.generator(1))
+        caption = f"samples ({ctx.model.sampler_name} sampler), {n} draws"
+        save_grid(ctx, "samples", samples, nrow=self.rows, caption=caption, min_cell=self.min_cell)
         return {}
 
 
 class ReconstructionGrid:
-    """``reconstructions.png``: test images (odd rows) above their reconstructions (even rows)."""
+    """``reconstructions.png``: rows of test images (labelled "test"), each above its reconstructions ("recon.")."""
 
-    def __init__(self, columns: int = 8, pairs_of_rows: int = 4) -> None:
-        self.columns, self.pairs = columns, pairs_of_rows
+    def __init__(self, columns: int = 8, pairs_of_rows: int = 4, min_cell: int = MIN_CELL) -> None:
+        self.columns, self.pairs, self.min_cell = columns, pairs_of_rows, min_cell
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         split = "test" if len(ctx.datamodule.split("test")) else "train"
@@ -54,7 +220,15 @@ class ReconstructionGrid:
         c, h, w = x.shape[1:]
         # (rows, 2, columns, C, H, W): each originals row followed by its reconstructions row
         paired = torch.stack(
-            [x.view(rows, self.columns, c, h, w), x_hat.view(rows, self.columns, c, h, w)], dim=1
+            [x.view(rows, self.columns, c, h, w), x_hat.view(rows, self.columns, c, h, w).to(x)], dim=1
         )
-        save_grid(ctx, "reconstructions", paired.reshape(-1, c, h, w), nrow=self.columns)
+        save_grid(
+            ctx,
+            "reconstructions",
+            paired.reshape(-1, c, h, w),
+            nrow=self.columns,
+            caption=f"reconstructions: rows alternate {split} images and, below each, their reconstructions",
+            row_labels=(split, "recon."),
+            min_cell=self.min_cell,
+        )
         return {}
