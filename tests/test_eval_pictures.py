@@ -248,6 +248,7 @@ def tiles(grid: Tensor, rows: int, columns: int) -> Tensor:
     return out.flatten(2)
 
 
+@pytest.mark.usefixtures("cache_dir")  # a private $GENBENCH_CACHE for the test distances
 def test_neighbours_are_the_true_nearest_in_pixels_and_features(digits, tmp_path):
     def features(x: Tensor) -> Tensor:  # a metric other than pixel L2
         return x.flatten(1)[:, ::3] * torch.linspace(0, 1, 86)
@@ -267,6 +268,7 @@ def test_neighbours_are_the_true_nearest_in_pixels_and_features(digits, tmp_path
         assert torch.allclose(got, expected, atol=1e-4)  # ties may swap images, never distances
 
 
+@pytest.mark.usefixtures("cache_dir")  # a private $GENBENCH_CACHE for the test distances
 def test_neighbours_without_features_and_memorisation_of_copies(digits, tmp_path):
     model = Copier(digits.images("train"))
     results, _ = evaluate(
@@ -277,6 +279,7 @@ def test_neighbours_without_features_and_memorisation_of_copies(digits, tmp_path
     assert results["protocols"]["memorisation_ratio@copies"]["n_samples"] == 64
 
 
+@pytest.mark.usefixtures("cache_dir")  # a private $GENBENCH_CACHE for the test distances
 def test_memorisation_ratio_is_one_for_held_out_images(digits, tmp_path):
     test = digits.images("test")
     model = Copier(test, ordered=True)  # samples are the test images themselves, in order

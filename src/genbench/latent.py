@@ -23,6 +23,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from genbench.metrics.knn import knn
+
 log = logging.getLogger(__name__)
 
 PROJECTIONS = ("sphere", "ball", "none")
@@ -145,22 +147,11 @@ class GaussianSampler(LatentSampler):
 def nearest_neighbours(queries: Tensor, keys: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
     """For each query (N, D), the squared distance to and index of its nearest key (M, D). Returns (N,), (N,).
 
-    Computed in ``chunk`` x ``chunk`` blocks on the tensors' device (||q||^2 - 2 q.k + ||k||^2), so memory stays
-    at chunk^2 whatever N and M.
+    genbench's one k-NN search (``genbench.metrics.knn.knn``, k = 1): ``chunk`` x ``chunk`` blocks of
+    ||q||^2 - 2 q.k + ||k||^2 on the tensors' device, so memory stays at chunk^2 whatever N and M.
     """
-    best_d = torch.full((queries.shape[0],), float("inf"), device=queries.device, dtype=queries.dtype)
-    best_i = torch.zeros(queries.shape[0], dtype=torch.long, device=queries.device)
-    k_sq = keys.pow(2).sum(dim=1)  # (M,)
-    for qs in range(0, queries.shape[0], chunk):
-        q = queries[qs : qs + chunk]
-        q_sq = q.pow(2).sum(dim=1, keepdim=True)  # (b, 1)
-        for ks in range(0, keys.shape[0], chunk):
-            d = (q_sq - 2.0 * q @ keys[ks : ks + chunk].T + k_sq[ks : ks + chunk]).clamp_min_(0)  # (b, m)
-            d_min, i_min = d.min(dim=1)
-            better = d_min < best_d[qs : qs + chunk]
-            best_d[qs : qs + chunk] = torch.where(better, d_min, best_d[qs : qs + chunk])
-            best_i[qs : qs + chunk] = torch.where(better, i_min + ks, best_i[qs : qs + chunk])
-    return best_d, best_i
+    dist, index = knn(queries, keys, 1, chunk, squared=True)
+    return dist[:, 0], index[:, 0]
 
 
 class IMLESampler(LatentSampler):

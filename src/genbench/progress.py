@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,14 @@ class Progress:
         quiet_below_s: float = 2.0,
         logger: logging.Logger | None = None,
         bar: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.what, self.total, self.unit = what, max(int(total), 0), unit
         self.every_s, self.quiet_below_s = every_s, quiet_below_s
         self.log = logger or log
         self.done = 0
-        self.started = self._last = time.monotonic()
+        self.clock = clock
+        self.started = self._last = clock()
         self.lines = 0  # progress lines written (tests read it)
         use_bar = sys.stderr.isatty() if bar is None else bar
         self._bar: Any = None
@@ -65,11 +68,11 @@ class Progress:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(failed=exc_type is not None)
 
-    def eta(self) -> float | None:
+    def eta(self, now: float | None = None) -> float | None:
         """Seconds left at the rate so far (None before the first update)."""
         if not self.done:
             return None
-        elapsed = time.monotonic() - self.started
+        elapsed = (self.clock() if now is None else now) - self.started
         return elapsed / self.done * max(self.total - self.done, 0)
 
     def update(self, n: int = 1) -> None:
@@ -77,7 +80,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
             return
-        now = time.monotonic()
+        now = self.clock()
         if now - self._last >= self.every_s and self.done < self.total:
             self._last = now
             self.lines += 1
@@ -90,13 +93,15 @@ class Progress:
                 self.unit,
                 percent,
                 format_seconds(now - self.started),
-                format_seconds(self.eta() or 0.0),
+                format_seconds(self.eta(now) or 0.0),
             )
+
+    __call__ = update  # a callback (e.g. ``knn``'s ``on_block``)
 
     def close(self, failed: bool = False) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elapsed = time.monotonic() - self.started
+        elapsed = self.clock() - self.started
         if not failed and elapsed >= self.quiet_below_s:
             self.log.info("%s: %d %s in %s", self.what, self.done, self.unit, format_seconds(elapsed))
