@@ -118,8 +118,10 @@ def is_live(record: dict[str, Any]) -> bool:
         return True
     try:
         os.kill(int(record.get("pid", -1)), 0)
-    except (ProcessLookupError, ValueError, OverflowError, TypeError):
+    except (ProcessLookupError, ValueError, OverflowError):
         return False
+    except TypeError:  # no usable pid (not an int): nothing says the process is gone
+        return True
     except PermissionError:
         return True
     return True
