@@ -111,7 +111,9 @@ def interrupted_record(
 
 
 def is_live(record: dict[str, Any]) -> bool:
-    """Whether a ``running`` record's process is still alive (on this host; another host's run is assumed live)."""
+    """Whether a ``running`` record's process is still alive (on this host; another host's run is assumed live).
+
+    Raises TypeError for a pid that is not a number: the caller says it cannot tell."""
     if record.get("status") != RUNNING:
         return False
     if record.get("host") != socket.gethostname():
@@ -120,8 +122,6 @@ def is_live(record: dict[str, Any]) -> bool:
         os.kill(int(record.get("pid", -1)), 0)
     except (ProcessLookupError, ValueError, OverflowError):
         return False
-    except TypeError:  # no usable pid (not an int): nothing says the process is gone
-        return True
     except PermissionError:
         return True
     return True
