@@ -175,3 +175,26 @@ def test_table_checks_each_target_where_it_applies(every_model_run):
     assert rows["alae"].count(" ok") + rows["alae"].count("MISS") == 2  # L/plain and resident/DL
     assert rows["glo"].count(" ok") + rows["glo"].count("MISS") == 1  # L/plain only
     assert "Speed switches on cpu" in text
+
+
+def test_eval_protocol_table_lists_every_evaluator_and_the_total():
+    from genbench.bench.eval_protocol import format_eval_protocol
+
+    result = {
+        "rows": [
+            {
+                "model": "vae",
+                "evaluators": {"neighbours": 6.5, "fid_classifier": 8.0, "total": 14.5},
+                "wall_seconds": 15.0,
+            },
+            {"model": "glo", "evaluators": {"reconstruction": 300.0, "total": 300.0}, "wall_seconds": 301.0},
+        ],
+        "classifier_seconds": 230.0,
+    }
+    lines = format_eval_protocol(result).splitlines()
+    assert lines[1] == "| model | fid_classifier | neighbours | reconstruction | total s | wall s |"
+    assert lines[3] == "| vae | 8.0 | 6.5 | 0.0 | 14.5 | 15.0 |" and lines[4].startswith(
+        "| glo | 0.0 | 0.0 | 300.0 |"
+    )
+    assert "230s" in lines[-1]
+    assert format_eval_protocol({"rows": []}) == ""
