@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from genbench.data.errors import DataError
 from genbench.errors import UserError
@@ -100,18 +100,27 @@ def test_image_size_message_names_the_range_and_the_native_sizes(tmp_path):
     ids=lambda o: " ".join(o),
 )
 def test_legal_edge_values_pass(overrides, tmp_path):
-    validate_config(compose_config(overrides, tmp_path / "run"))
+    cfg = compose_config(overrides, tmp_path / "run")
+    for override in overrides:  # the edge value really reached the config that was validated
+        key, _, value = override.partition("=")
+        if "." in key:
+            assert str(OmegaConf.select(cfg, key)).replace(" ", "") == value, key
+    validate_config(cfg)  # raises ConfigError if refused
 
 
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_shipped_model_and_dataset_validates(model, data, tmp_path):
-    validate_config(compose_config([f"model={model}", f"data={data}"], tmp_path / "run"))
+    cfg = compose_config([f"model={model}", f"data={data}"], tmp_path / "run")
+    assert cfg.model_name == model and cfg.data.name == data
+    validate_config(cfg)  # raises ConfigError if refused
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_shipped_experiment_validates(experiment, tmp_path):
-    validate_config(compose_config([f"experiment={experiment}"], tmp_path / "run"))
+    cfg = compose_config([f"experiment={experiment}"], tmp_path / "run")
+    assert cfg.model_name in MODELS
+    validate_config(cfg)  # raises ConfigError if refused
 
 
 def test_a_config_without_the_optional_nodes_validates(tmp_path):
@@ -119,7 +128,8 @@ def test_a_config_without_the_optional_nodes_validates(tmp_path):
     with open_dict(cfg):
         for key in ("checkpoint", "resume", "divergence"):
             cfg.pop(key, None)
-    validate_config(cfg)
+    assert not {"checkpoint", "resume", "divergence"} & set(cfg)
+    validate_config(cfg)  # raises ConfigError if refused
 
 
 @pytest.mark.parametrize(
