@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -24,3 +27,17 @@ def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def run_genbench(
+    *args: str, cache: Path, module: str = "genbench", timeout: int = 300, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as a user runs it, with a private ``GENBENCH_CACHE`` and extra ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GENBENCH_CACHE": str(cache), "PYTHONUNBUFFERED": "1", **env},
+        timeout=timeout,
+    )

@@ -25,7 +25,7 @@ from genbench.run.checkpoints import (
     load_checkpoint,
 )
 from genbench.train import train
-from helpers import compose_config
+from helpers import compose_config, run_genbench
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
@@ -227,31 +227,13 @@ def test_crafted_checkpoint_executes_nothing(tmp_path, cache_dir):
     # genbench.evaluate reads <run>/checkpoints/last.ckpt: the same refusal, one line, exit code 2
     run_dir = tmp_path / "a"
     crafted_checkpoint(run_dir / "checkpoints" / "last.ckpt", marker)
-    env = {**os.environ, "GENBENCH_CACHE": str(cache_dir)}
-    result = subprocess.run(
-        [sys.executable, "-m", "genbench.evaluate", f"run_dir={run_dir}", "eval=fast"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = run_genbench(f"run_dir={run_dir}", "eval=fast", cache=cache_dir, module="genbench.evaluate")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "refusing to load checkpoint" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()
     # and the CLI's ckpt_path=
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "genbench",
-            "eval=none",
-            f"ckpt_path={ckpt}",
-            f"hydra.run.dir={tmp_path / 'b'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    result = run_genbench(
+        "eval=none", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'b'}", cache=cache_dir
     )
     assert result.returncode == 2 and "refusing to load checkpoint" in result.stderr
     assert "Traceback" not in result.stderr and not marker.exists()
@@ -283,14 +265,7 @@ def test_unwritable_run_and_checkpoint_directories_fail_before_training(tmp_path
     # as root, permissions do not stop writes: a file where a folder must be does, for root too
     blocked = tmp_path / "blocked"
     blocked.write_text("a file, not a folder")
-    env = {**os.environ, "GENBENCH_CACHE": str(cache_dir)}
-    result = subprocess.run(
-        [sys.executable, "-m", "genbench", "eval=none", f"hydra.run.dir={blocked / 'run'}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = run_genbench("eval=none", f"hydra.run.dir={blocked / 'run'}", cache=cache_dir)
     # Hydra creates the run directory before genbench runs: its own error, naming the path
     assert result.returncode != 0 and str(blocked / "run") in result.stderr
     run_dir = tmp_path / "run"
@@ -305,23 +280,12 @@ def test_unwritable_run_and_checkpoint_directories_fail_before_training(tmp_path
 
 
 def test_a_user_error_is_one_line_with_exit_code_2(tmp_path):
-    env = {**os.environ, "GENBENCH_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run(
-        [sys.executable, "-m", "genbench", "seed=abc", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = run_genbench("seed=abc", f"hydra.run.dir={tmp_path / 'run'}", cache=tmp_path / "cache")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("genbench: error:")]
     assert len(lines) == 1 and "seed" in lines[0] and "Traceback" not in result.stderr
-    shown = subprocess.run(
-        [sys.executable, "-m", "genbench", "seed=abc", f"hydra.run.dir={tmp_path / 'run2'}"],
-        capture_output=True,
-        text=True,
-        env={**env, "HYDRA_FULL_ERROR": "1"},
-        timeout=300,
+    shown = run_genbench(
+        "seed=abc", f"hydra.run.dir={tmp_path / 'run2'}", cache=tmp_path / "cache", HYDRA_FULL_ERROR="1"
     )
     assert shown.returncode != 0 and "Traceback" in shown.stderr
 
@@ -358,22 +322,8 @@ def test_under_slurm_requeue_sigusr1_is_left_to_lightning():
 
 
 def test_divergence_from_the_command_line_is_one_line_and_exit_1(tmp_path):
-    env = {**os.environ, "GENBENCH_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "genbench",
-            "model=vae",
-            "model.lr=1e8",
-            "eval=none",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    overrides = ["model=vae", "model.lr=1e8", "eval=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_genbench(*overrides, cache=tmp_path / "cache")
     assert result.returncode == 1, result.stderr[-3000:]
     assert "genbench: error: training diverged" in result.stderr and "Traceback" not in result.stderr
     assert record(tmp_path / "run")["status"] == "failed"

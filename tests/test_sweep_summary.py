@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from omegaconf import OmegaConf
 
 from genbench.run import sweep_summary
 from genbench.run.sweep_summary import SUMMARY_FILE, SweepSummary, write_summary
+from helpers import run_genbench
 
 
 def job(sweep: Path, name: str, record: dict | None, overrides: list[str] | None = None) -> Path:
@@ -176,15 +175,7 @@ def test_a_sweep_that_ends_early_still_gets_a_summary_at_exit(fake_sweep):
 
 
 def genbench(*overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GENBENCH_CACHE": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "genbench", *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    result = run_genbench(*overrides, cache=cwd / "cache", cwd=cwd, timeout=400)
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result

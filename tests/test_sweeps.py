@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 import fake_slurm
 from genbench.leaderboard.published import load_published
 from genbench.run.launcher import LocalRanks, WorkerFailed
-from helpers import compose_config
+from helpers import compose_config, run_genbench
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
@@ -50,17 +49,8 @@ DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 def genbench(
     *overrides: str, cwd: Path, timeout: int = 400, path: Path | None = None
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GENBENCH_CACHE": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
-    if path is not None:
-        env["PATH"] = f"{path}{os.pathsep}{env['PATH']}"
-    result = subprocess.run(
-        [sys.executable, "-m", "genbench", *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    extra = {"PATH": f"{path}{os.pathsep}{os.environ['PATH']}"} if path is not None else {}
+    result = run_genbench(*overrides, cache=cwd / "cache", cwd=cwd, timeout=timeout, **extra)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 

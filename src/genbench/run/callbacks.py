@@ -37,9 +37,8 @@ class Throughput(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_started = time.perf_counter()
-        self._started = (
-            self._fit_started
-        )  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+        # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+        self._started = self._fit_started
 
     def _pause(self, pl_module) -> None:
         if self._started is not None:
@@ -174,7 +173,8 @@ class LastCheckpoint(pl.Callback):
 
     Lightning's ``ModelCheckpoint(save_last=True, save_top_k=0)`` writes ``last`` only at the end of training, and
     versions the name (``last-v1.ckpt``) in a folder that already has one; this callback writes the one file.
-    Under DDP the time-based decision is rank 0's, broadcast, so every rank saves (a collective) at the same step.
+    Under DDP the time-based decision is all-reduced (any rank's clock), so every rank saves (a collective) at the
+    same step.
     """
 
     def __init__(
@@ -217,8 +217,8 @@ class LastCheckpoint(pl.Callback):
         due = bool(self.every_n_steps) and batches % self.every_n_steps == 0
         if not due:
             due = time.monotonic() - self._last_save >= self.every_seconds
-            if trainer.world_size > 1:
-                due = bool(trainer.strategy.broadcast(due, src=0))
+            if trainer.world_size > 1:  # any rank's clock: one small all-reduce, no pickled broadcast
+                due = trainer.strategy.reduce_boolean_decision(due, all=False)
         if due:
             self.save(trainer, "periodic")
 

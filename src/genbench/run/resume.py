@@ -45,13 +45,11 @@ def _newest_match(parent: Path, marker: str, key: Sequence[str], overrides: Sequ
     if not parent.is_dir():
         return None
     wanted = _comparable(overrides)
-    matches = [
-        folder
-        for folder in parent.iterdir()
-        if folder.is_dir()
-        and _read_overrides(folder / marker, key) is not None
-        and _comparable(_read_overrides(folder / marker, key) or []) == wanted
-    ]
+    matches = []
+    for folder in parent.iterdir():
+        found = _read_overrides(folder / marker, key) if folder.is_dir() else None
+        if found is not None and _comparable(found) == wanted:
+            matches.append(folder)
     return max(matches, key=lambda f: (f.stat().st_mtime, f.name)) if matches else None
 
 
