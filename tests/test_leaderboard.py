@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import os
+import random
+import re
 import shutil
 import socket
 import subprocess
@@ -24,13 +26,17 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from genbench.leaderboard import render
 from genbench.leaderboard.__main__ import main, make_board, write_board
 from genbench.leaderboard.collect import collect
+from genbench.leaderboard.csv_export import to_csv
+from genbench.leaderboard.markdown import to_markdown
 from genbench.leaderboard.published import load_published, parse_published
-from genbench.leaderboard.render import to_html, to_markdown
+from genbench.leaderboard.render import to_html
 from genbench.leaderboard.stats import MEASURED, Stat, build_board, summarise
+from genbench.run.record import merge_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "experiments" / "published.yaml"
@@ -165,9 +171,13 @@ def test_groups_by_data_model_sampler_with_exact_mean_std_n(roots):
     assert vae.stats["train_seconds"] == Stat(200.0, 100.0, 3)
     assert vae.stats["images_per_second"] == Stat(1000.0, 0.0, 3)
     assert "fid_inception" not in vae.stats and "recon_mse_train" not in vae.stats
-    assert (
-        vae.samples is not None and vae.samples.parent.name == "seed1"
-    )  # lowest FID among runs with samples
+    assert vae.samples is not None  # the lowest FID among runs with samples: seed 1
+    assert (vae.samples.run.name, vae.samples.seed, vae.samples.path.name) == ("seed1", 1, "samples.png")
+    assert (vae.samples.fid_key, vae.samples.fid, vae.samples.chosen) == (
+        "fid_classifier",
+        12.0,
+        "lowest fid_classifier of 2 runs with a grid (of 3)",  # seed 0 has none
+    )
     assert "fid_classifier" in vae.protocol and "n_gen=10000" in vae.protocol
     assert vae.notes == ("fid_inception skipped in 3 of 3 runs: Inception weights not found: /x",)
     assert vae.git_commits == ("abc123",)
@@ -323,9 +333,9 @@ class TagCollector(HTMLParser):
 
 
 PAGE_TAGS = {
-    "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "section", "div", "details", "summary",
-    "ul", "li", "b", "table", "thead", "tbody", "tr", "th", "td", "sup", "img", "svg", "rect", "line", "text",
-    "circle", "script",
+    "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "h4", "p", "section", "div", "details",
+    "summary", "ul", "li", "b", "br", "span", "table", "thead", "tbody", "tr", "th", "td", "sup", "figure",
+    "figcaption", "img", "script",
 }  # fmt: skip
 
 
@@ -455,7 +465,6 @@ def test_csv_neutralises_formulas_but_keeps_negative_numbers(tmp_path):
     metrics["protocols"] = {"fid_classifier@-cmd|calc": {"reference_split": "\tsplit"}}
     write_run(tmp_path / "runs" / "a", metrics)
     board = build_board(collect([tmp_path / "runs"]))
-    from genbench.leaderboard.render import to_csv
 
     text = to_csv(board)
     (line,) = list(csv.DictReader(io.StringIO(text)))
@@ -511,7 +520,6 @@ def test_nesting_the_parser_accepts_breaks_nothing_downstream(tmp_path, depth):
     )
     board = build_board(collect([tmp_path / "runs"]))
     assert len(board.rows) + len(board.problems) == 2
-    from genbench.leaderboard.render import to_csv
 
     assert to_markdown(board) and to_html(board) and to_csv(board)
 
@@ -539,7 +547,6 @@ def test_nan_and_infinity_are_left_out_of_the_mean_and_named(tmp_path):
             for w in board.warnings
         )
     assert any("fid_classifier is NaN in 1 of 3 runs" in note and "seed2" in note for note in vae.notes)
-    from genbench.leaderboard.render import to_csv
 
     (line,) = list(csv.DictReader(io.StringIO(to_csv(board))))
     assert (line["fid_classifier_mean"], line["fid_classifier_count"]) == ("11.0", "2")
@@ -712,9 +719,147 @@ def test_a_metric_missing_from_one_seed_does_not_split_it(tmp_path):
     assert "| 30 (1/2) |" in to_markdown(board)
 
 
+def figure_captions(page: str) -> list[str]:
+    """The text of each gallery caption of ``page``, tags removed."""
+    return [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<figcaption>(.*?)</figcaption>", page)]
+
+
+def test_each_sampler_of_a_run_is_a_row_of_its_own_with_its_own_grid(tmp_path):
+    """One evaluation over four samplers (metrics keyed @prior, @gaussian, @gmm, @imle): four rows per model, each
+    averaged over seeds on its own; samples.png is shown only for the sampler that drew it (the run's own)."""
+    runs = tmp_path / "runs"
+    samplers = {"gaussian": 50, "gmm": 30, "imle": 12, "prior": 70}
+    for seed in (0, 1):
+        path = write_run(runs / f"seed{seed}", record("vae", "mnist", seed, samplers) | {"sampler": "prior"})
+        Image.new("RGB", (64, 64), "green").save(path / "samples.png")  # drawn by the run's own sampler
+        Image.new("RGB", (64, 64), "blue").save(path / "samples_imle.png")
+    board = build_board(collect([runs]))
+    assert [(r.sampler, r.n) for r in board.rows] == [("gaussian", 2), ("gmm", 2), ("imle", 2), ("prior", 2)]
+    for sampler, fid in samplers.items():  # record(): classifier FID = fid + seed
+        assert row(board, "mnist", "vae", sampler).stats["fid_classifier"] == Stat(
+            fid + 0.5, math.sqrt(0.5), 2
+        )
+    assert len(board.tables("mnist")) == 1  # one protocol: the samplers share a table
+    assert not [w for w in board.warnings if "different protocols" in w]
+    page = to_html(board)
+    assert image_colours(page) == [(0, 0, 255), (0, 128, 0)]  # imle's own grid, then prior's samples.png
+    assert [c.split("seed")[0] for c in figure_captions(page)] == ["vae · imle", "vae · prior"]
+    assert "| vae | gmm | measured | 2 |" in to_markdown(board)
+    # A run that names no sampler and has several: which one drew samples.png is unknown, so it is not shown.
+    write_run(
+        tmp_path / "unnamed", finished("glo", "mnist", 0, **{"fid_inception@a": 1, "fid_inception@b": 2})
+    )
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "unnamed" / "samples.png")
+    assert image_colours(to_html(build_board(collect([tmp_path / "unnamed"])))) == []
+
+
+def test_a_reevaluation_under_another_protocol_is_shown_in_its_own_table(tmp_path):
+    """``genbench.evaluate eval=fast`` on seed 1 leaves its n_gen=500 results under other_protocols: they make a
+    row in the n_gen=500 table (averaged with a run evaluated at 500 itself), never with the 10k values."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(runs / f"seed{seed}", record("vae", "mnist", seed, {"prior": 10}))
+    merged = reevaluate(runs / "seed1", record("vae", "mnist", 1, {"prior": 14}, n_gen=500))
+    assert merged["fid_classifier@prior"] == 11  # the run's own value stays
+    assert len(merged["other_protocols"]) == 6  # fid, kid, precision/recall protocols of 2 extractors
+    board = build_board(collect([runs]))
+    full, fast = board.tables("mnist")
+    assert [dict(t.protocols["fid_classifier"])["n_gen"] for t in (full, fast)] == [10000, 500]
+    ((own,), (again,)) = full.rows, fast.rows
+    assert (own.n, own.reevaluated, own.runs) == (2, 0, (runs / "seed0", runs / "seed1"))
+    assert own.stats["fid_classifier"] == Stat(10.5, math.sqrt(0.5), 2)  # the 500-sample 15 is not in it
+    assert (again.n, again.reevaluated, again.runs) == (1, 1, (runs / "seed1",))  # six entries, one run
+    assert again.stats["fid_classifier"] == Stat(15.0, None, 1) and again.stats["fid_inception"] == Stat(
+        43, None, 1
+    )
+    assert again.stats["kid_classifier"] == Stat(0.14, None, 1) and again.stats["recall_inception"].count == 1
+    assert again.stats["train_seconds"] == Stat(200.0, None, 1)  # the run's own training time, once
+    assert not [w for w in board.warnings if "different protocols" in w]  # a re-evaluation was asked for
+    markdown = to_markdown(board)
+    assert "| vae | prior | measured, re-evaluated | 1 |" in markdown and "n_gen=500," in markdown
+    # A run evaluated at n_gen=500 itself averages with the re-evaluation, as both used that protocol.
+    write_run(runs / "seed2", record("vae", "mnist", 2, {"prior": 16}, n_gen=500))
+    board = build_board(collect([runs]))
+    (again,) = board.tables("mnist")[1].rows
+    assert (again.n, again.reevaluated) == (2, 1) and again.stats["fid_classifier"] == Stat(
+        16.5, math.sqrt(4.5), 2
+    )
+    assert "| vae | prior | measured, re-evaluated (1/2) | 2 |" in to_markdown(board)
+    (line,) = [r for r in csv.DictReader(io.StringIO(to_csv(board))) if r["reevaluated"] == "1"]
+    assert (line["n"], line["fid_classifier_mean"]) == ("2", "16.5") and "n_gen=500" in line["protocol"]
+
+
+def test_malformed_other_protocols_are_dropped_with_a_note_each(tmp_path):
+    metrics = record("vae", "mnist", 0, {"prior": 10})
+    metrics["other_protocols"] = {
+        "a": "n_gen=500",
+        "b": {"protocol": {"n_gen": 500}, "values": [1]},
+        "c": {"protocol": {"n_gen": 500}, "values": {"fid_classifier@prior": "15", "recon_mse_test": 1.0}},
+        "d": {"protocol": {"n_gen": 500, "x": [[1]]}, "values": {"fid_classifier@prior": 15}},
+    }
+    write_run(tmp_path / "runs" / "a", metrics)
+    write_run(tmp_path / "runs" / "b", record("vae", "mnist", 1, {"prior": 10}) | {"other_protocols": [1]})
+    board = build_board(collect([tmp_path / "runs"]))
+    full, fast = board.tables("mnist")
+    assert full.rows[0].n == 2 and fast.rows[0].stats["fid_classifier"] == Stat(
+        15.0, None, 1
+    )  # only "d" read
+    assert dict(fast.protocols["fid_classifier"]) == {"n_gen": 500, "x": "[[1]]"}
+    where = os.path.relpath(tmp_path / "runs" / "a")
+    for start, reason in [
+        (f"{where}: other_protocols.a:", "expected {'protocol': mapping, 'values': mapping}, got string"),
+        (f"{where}: other_protocols.b:", "got object"),
+        (f"{where}: other_protocols.c: fid_classifier@prior:", "expected a number, got string"),
+        (f"{where}: other_protocols.c.recon_mse_test:", "not a <metric>@<sampler> key"),
+        (f"{os.path.relpath(tmp_path / 'runs' / 'b')}: other_protocols:", "expected a mapping, got list"),
+    ]:
+        assert [w for w in board.warnings if w.startswith(start) and reason in w], (start, board.warnings)
+
+
+def test_the_page_inlines_the_static_css_and_js_shipped_as_package_data(tmp_path):
+    static = Path(render.__file__).parent / "static"
+    css, js = (static / "leaderboard.css").read_text(), (static / "leaderboard.js").read_text()
+    page = to_html(build_board(collect([tmp_path])))
+    assert f"<style>\n{css}</style>" in page and f"<script>\n{js}</script>" in page
+    assert "<link" not in page and "src=" not in page  # one file: nothing to fetch, works offline
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with open(REPO / "pyproject.toml", "rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]["genbench.leaderboard"]
+    shipped = {p.name for pattern in package_data for p in static.parent.glob(pattern)}
+    assert shipped == {"leaderboard.css", "leaderboard.js"}  # a wheel carries what the page inlines
+
+
+def sample_grid(path: Path, seed: int, ink: str = "white", cells: int = 8, cell: int = 56) -> None:
+    """A PNG shaped like genbench's samples.png (8 x 8 cells of 56 px, a caption strip on top) with a random
+    digit-like stroke in each cell, so the gallery is judged on what it will really show."""
+    rng = random.Random(seed)
+    pad, strip = 2, 22
+    side = cells * (cell + pad) + pad
+    image = Image.new("RGB", (side, side + strip), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((6, 5), f"samples (seed {seed}), {cells * cells} draws", fill="black")
+    for r in range(cells):
+        for c in range(cells):
+            x, y = pad + c * (cell + pad), strip + pad + r * (cell + pad)
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill="black")
+            points = [(x + rng.randint(12, cell - 12), y + rng.randint(8, cell - 8)) for _ in range(4)]
+            draw.line(points, fill=ink, width=6, joint="curve")
+    image.save(path)
+
+
+def reevaluate(path: Path, fresh: dict) -> dict:
+    """What ``genbench.evaluate`` leaves in ``path``'s metrics.json after evaluating it again: the ``@`` values and
+    protocols of ``fresh`` merged in by the real merge (a value of another protocol goes to other_protocols)."""
+    results = {k: v for k, v in fresh.items() if "@" in k} | {"protocols": fresh["protocols"]}
+    merged = merge_metrics(json.loads((path / "metrics.json").read_text()), results)
+    (path / "metrics.json").write_text(json.dumps(merged))
+    return merged
+
+
 def screenshot_runs(base: Path) -> Path:
-    """Two datasets, five models over three seeds with real-looking records and sample grids; one quick
-    evaluation at n_gen=1000 that must land in a table of its own."""
+    """Two datasets, four models (GLO with two samplers: five rows) over three seeds with real-looking records and
+    sample grids; a quick evaluation at n_gen=1000 and a re-evaluation of one run at n_gen=500, each of which
+    must land in a table of its own."""
     runs = base / "runs"
     models = {
         "vae": {"prior": 40},
@@ -725,14 +870,25 @@ def screenshot_runs(base: Path) -> Path:
     for data in ("mnist", "fashion_mnist"):
         for i, (model, samplers) in enumerate(models.items()):
             for seed in range(3):
-                path = write_run(runs / data / model / f"seed{seed}", record(model, data, seed, samplers))
-                grid = Image.effect_noise((64, 64), 60 + 20 * i).convert("RGB")
-                grid.save(path / "samples.png")
+                metrics = record(model, data, seed, samplers) | {"sampler": next(iter(samplers))}
+                path = write_run(runs / data / model / f"seed{seed}", metrics)
+                sample_grid(path / "samples.png", 10 * i + seed)
+                if model == "glo":
+                    sample_grid(path / "samples_imle.png", 100 + seed, ink="#ffd27f")
     write_run(runs / "mnist" / "vae" / "quick", record("vae", "mnist", 9, {"prior": 41}, n_gen=1000))
+    reevaluate(runs / "mnist" / "vae" / "seed0", record("vae", "mnist", 0, {"prior": 45}, n_gen=500))
     return runs
 
 
-def test_html_protocol_once_per_table_and_compact_rows(browser, tmp_path):
+GALLERY = """return [...document.querySelectorAll('div.protocol-table')].map(block => [
+    block.querySelector('table.board').id,
+    [...block.querySelectorAll('figure.samples')].map(f => {
+        const img = f.querySelector('img'), box = img.getBoundingClientRect();
+        return [f.querySelector('figcaption').innerText, img.complete, img.naturalWidth, box.width, box.height];
+    })])"""
+
+
+def test_html_gallery_protocol_once_per_table_and_compact_rows(browser, tmp_path):
     board = make_board([screenshot_runs(tmp_path)], PUBLISHED)
     write_board(board, tmp_path / "board")
     browser.load((tmp_path / "board" / "leaderboard.html").as_uri())
@@ -743,26 +899,68 @@ def test_html_protocol_once_per_table_and_compact_rows(browser, tmp_path):
              Math.max(...[...t.tBodies[0].rows].map(r => r.getBoundingClientRect().height)),
              [...t.tHead.rows[0].cells].map(c => c.dataset.key)])"""
     )
-    assert [t[0] for t in tables] == ["board-fashion_mnist", "board-mnist", "board-mnist-2"]
+    assert [t[0] for t in tables] == ["board-fashion_mnist", "board-mnist", "board-mnist-2", "board-mnist-3"]
     for _, details, is_open, tallest, keys in tables:
         assert details == 1 and is_open is False  # the protocol once, collapsed
-        assert tallest < 60, tallest  # compact rows, thumbnail included
-        assert "protocol" not in keys
+        assert tallest < 40, tallest  # one line of text per row
+        assert "protocol" not in keys and "samples" not in keys
     cells = browser.js("return [...document.querySelectorAll('table.board td')].map(td => td.textContent)")
     assert not [c for c in cells if "n_gen" in c or "feature_extractor" in c]
     summaries = browser.js(
         "return [...document.querySelectorAll('details.protocol summary')].map(s => s.textContent)"
     )
-    assert [("n_gen=10000" in s, "n_gen=1000," in s) for s in summaries] == [
-        (True, False),
-        (True, False),
-        (False, True),
+    assert [next(n for n in (10000, 1000, 500) if f"n_gen={n}," in s) for s in summaries] == [
+        10000,
+        10000,
+        1000,
+        500,
     ]
-    assert browser.js("return document.images.length") == 5 * 2  # one grid per measured row (not "quick")
-    shot = tmp_path / "board.png"
+    galleries = dict(browser.js(GALLERY))
+    # record(): Inception FID = 3 x the model's number + seed, so seed 0 is each row's best
+    expected = [
+        f"{name}\nseed 0, FID (Inception) {fid}\nlowest fid_inception of 3 runs"
+        for name, fid in [
+            ("alae · prior", 84),
+            ("glo · gaussian", 150),
+            ("glo · imle", 36),
+            ("mmd_vae · prior", 105),
+            ("vae · prior", 120),
+        ]
+    ]
+    for table in ("board-fashion_mnist", "board-mnist"):  # every measured row's grid, side by side
+        assert [caption for caption, *_ in galleries[table]] == expected
+    assert [f[0] for f in galleries["board-mnist-2"]] == []  # the quick run wrote no grid
+    assert [f[0] for f in galleries["board-mnist-3"]] == [
+        "vae · prior\nseed 0, FID (Inception) 135\nthe only run"
+    ]
+    for caption, complete, natural, width, height in (f for fs in galleries.values() for f in fs):
+        assert complete and natural == 466, caption  # decoded at the grid's own size (under 512 px)
+        assert width == 240 and 245 <= height <= 255, (caption, width, height)  # readable: 30 px per digit
+    rows_per_line = browser.js(
+        "return new Set([...document.querySelectorAll('#board-mnist-block figure')].map(f => f.offsetTop)).size"
+    )
+    assert rows_per_line <= 2  # five grids side by side in a 1200 px window: two lines at most
+    # The first grid as the screen shows it: black cells with light strokes, not a blank or broken image.
+    box = browser.js(
+        """const img = document.querySelector('#board-mnist-block figure img'); img.scrollIntoView();
+           const b = img.getBoundingClientRect(), r = window.devicePixelRatio;
+           return [b.left * r, b.top * r, b.right * r, b.bottom * r];"""
+    )
+    shot = tmp_path / "gallery.png"
     shot.write_bytes(browser.screenshot())
     with Image.open(shot) as image:
-        assert image.width >= 1000 and image.height >= 600
+        crop = image.convert("L").crop(tuple(round(v) for v in box))
+    histogram = crop.histogram()
+    dark, light = sum(histogram[:40]), sum(histogram[200:])
+    assert (
+        crop.width >= 240
+        and dark > 0.4 * crop.width * crop.height
+        and light > 0.05 * crop.width * crop.height
+    )
+    browser.click(
+        "#board-mnist-block figure img"
+    )  # enlarged on click, to its own size or twice the gallery's
+    assert browser.js("return document.querySelector('#board-mnist-block figure img').width") == 480
 
 
 def test_empty_roots_still_write_a_board(tmp_path, capsys):
@@ -862,7 +1060,7 @@ return [...table.tBodies[0].rows].map(r => r.cells[index].dataset.v);
 """
 
 
-def test_html_tables_rows_thumbnails_and_plot(browser, page):
+def test_html_tables_rows_and_gallery(browser, page):
     browser.load(page)
     rows = browser.js(
         "return Object.fromEntries([...document.querySelectorAll('table')].map(t => [t.id, t.rows.length]))"
@@ -870,16 +1068,13 @@ def test_html_tables_rows_thumbnails_and_plot(browser, page):
     # header + measured rows + 4 published rows; problems: header + failed, running, 2 unfinished, 2 corrupt
     assert rows == {"board-fashion_mnist": 1 + 2 + 4, "board-mnist": 1 + 3 + 4, "problems-table": 1 + 6}
     images = browser.js(
-        "return [...document.images].map(i => [i.complete, i.naturalWidth, i.closest('tr').cells[0].textContent])"
+        """return [...document.images].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width,
+             i.className, i.closest('div.protocol-table').id, i.closest('figure').innerText])"""
     )
-    assert images == [[True, 32, "vae"]]  # the one row with a samples.png, decoded from its inline data URI
-    labels = browser.js(
-        "return [...document.querySelectorAll('#data-mnist svg text.label')].map(t => t.textContent)"
-    )
-    assert sorted(labels) == [
-        "glo/gaussian",
-        "glo/imle",
-    ]  # inception FID present: the classifier-only vae is not mixed in
+    # the one row with a samples.png, decoded from its inline data URI; a 32 px grid shown 240 px wide, unblurred
+    caption = "vae · prior\nseed 1, FID (classifier) 12\nlowest fid_classifier of 2 runs with a grid (of 3)"
+    assert images == [[True, 32, 240, "pixelated", "board-mnist-block", caption]]
+    assert browser.js("return document.querySelectorAll('svg').length") == 0
     assert browser.js("return performance.getEntriesByType('resource').length") == 0  # nothing fetched
 
 
@@ -921,7 +1116,7 @@ def test_html_screenshot(browser, page, tmp_path):
     with Image.open(shot) as image:
         assert image.width >= 1000 and image.height >= 600
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
-    assert colours is None or len(colours) > 50  # text, table shading and plot, not a blank page
+    assert colours is None or len(colours) > 50  # text, table shading and a grid, not a blank page
     assert shot.stat().st_size > 10_000
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from genbench.io import atomic_path
 from genbench.leaderboard.collect import collect
+from genbench.leaderboard.csv_export import to_csv
+from genbench.leaderboard.markdown import to_markdown
 from genbench.leaderboard.published import load_published
-from genbench.leaderboard.render import to_csv, to_html, to_markdown
+from genbench.leaderboard.render import to_html
 from genbench.leaderboard.stats import Board, build_board
 
 log = logging.getLogger("genbench.leaderboard")

@@ -11,6 +11,11 @@ only values of the expected type are kept: a metric (``<metric>@<sampler>`` or o
 number, not a string, list or boolean; a protocol a mapping of scalars; a skip reason text. Each dropped value is
 a warning naming the run directory and the key. NaN and ±Infinity are kept here, with a warning; the board leaves
 them out of the mean (see :mod:`genbench.leaderboard.stats`).
+
+A re-evaluation under another protocol (``other_protocols`` in metrics.json, written by
+:func:`genbench.run.record.merge_metrics`: ``{<id>: {"protocol": {...}, "values": {"<metric>@<sampler>": x}}}``) gives
+the run further rows, one per sampler and entry, each marked ``reevaluated`` and carrying that entry's protocol, so
+the board files them under their own protocol and never averages them with the run's own values.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ MAX_METRICS_BYTES = 16 * 2**20  # a real metrics.json is a few KiB
 MAX_NAME_CHARS = 200  # data, model and sampler names, seeds, metric names
 MAX_TEXT_CHARS = 2000  # skip reasons, errors, protocol values as shown (a protocol is compared in full)
 MAX_NOTES_PER_RUN = 20  # warnings about dropped values, per run; the rest are counted
+MAX_OTHER_PROTOCOLS = 50  # re-evaluations read per run; a real run has a handful
 # Characters that must not reach a terminal, a Markdown file or a page: C0/C1 controls (terminal escapes) and the
 # bidirectional overrides that reorder what a reader sees.
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
@@ -99,6 +105,19 @@ class Run:
     def seed(self) -> Any:
         return self.metrics.get("seed")
 
+    @property
+    def samplers(self) -> list[str]:
+        """The samplers named in the run's own ``<metric>@<sampler>`` keys, sorted."""
+        return sorted({k.rsplit("@", 1)[1] for k, v in self.metrics.items() if "@" in k and _is_number(v)})
+
+    def own_samples_sampler(self) -> str | None:
+        """The sampler that drew the run's ``samples.png``: its ``sampler`` field (what training and evaluation
+        sample with), else its only sampler; None when it has several and names none."""
+        if self.metrics.get("sampler"):
+            return str(self.metrics["sampler"])
+        samplers = self.samplers
+        return samplers[0] if len(samplers) == 1 else None
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -112,13 +131,15 @@ class Problem:
 @dataclass(frozen=True)
 class RunRow:
     """One (run, sampler) pair: ``values`` maps a metric name without its ``@sampler`` suffix to a number (NaN and
-    ±inf included); ``protocols`` maps the same names to the protocol record of the value."""
+    ±inf included); ``protocols`` maps the same names to the protocol record of the value. ``reevaluated``: the
+    values come from one of the run's ``other_protocols`` entries, not from its own evaluation."""
 
     run: Run
     sampler: str
     values: dict[str, float]
     protocols: dict[str, dict[str, Any]]
     skipped: dict[str, str]
+    reevaluated: bool = False
 
 
 @dataclass
@@ -244,6 +265,58 @@ def _clean_protocol(value: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _metric_value(where: str, key: str, value: Any, notes: list[str]) -> float | None:
+    """``value`` as a float when it is a JSON number (NaN and ±inf noted, kept), else None and a note."""
+    if len(key) > 2 * MAX_NAME_CHARS + 1:
+        notes.append(f"{where}: a metric key of {len(key)} characters; dropped")
+        return None
+    if not _is_number(value):
+        notes.append(f"{where}: {key}: expected a number, got {describe(value)}; dropped")
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        notes.append(f"{where}: {key}: {describe(value, 20)} is too large for a float; dropped")
+        return None
+    if not math.isfinite(number):
+        notes.append(f"{where}: {key} is {format_nonfinite(number)}; left out of the mean")
+    return number
+
+
+def _clean_other_protocols(where: str, others: Any, notes: list[str]) -> list[dict[str, Any]]:
+    """The well-formed entries of ``other_protocols`` as ``[{"protocol": {...}, "values": {key: float}}]``: a
+    protocol mapping and ``<metric>@<sampler>`` numbers; a note for everything else."""
+    if not isinstance(others, dict):
+        notes.append(f"{where}: other_protocols: expected a mapping, got {describe(others)}; ignored")
+        return []
+    entries = []
+    for i, (name, entry) in enumerate(others.items()):
+        label = f"other_protocols.{clip(clean_text(str(name)), 100)}"
+        if i == MAX_OTHER_PROTOCOLS:
+            notes.append(f"{where}: other_protocols: {len(others)} entries, only the first {i} read")
+            break
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("protocol"), dict)
+            and isinstance(entry.get("values"), dict)
+        ):
+            notes.append(
+                f"{where}: {label}: expected {{'protocol': mapping, 'values': mapping}}, got {describe(entry)}; ignored"
+            )
+            continue
+        values = {}
+        for key, value in entry["values"].items():
+            if "@" not in key:
+                notes.append(f"{where}: {label}.{clip(key, 100)}: not a <metric>@<sampler> key; dropped")
+                continue
+            number = _metric_value(f"{where}: {label}", key, value, notes)
+            if number is not None:
+                values[key] = number
+        if values:
+            entries.append({"protocol": _clean_protocol(entry["protocol"]), "values": values})
+    return entries
+
+
 def clean_record(path: Path, metrics: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The values of a finished run's record that have the type the board expects, and a note for each other."""
     where = display_path(path)
@@ -261,22 +334,10 @@ def clean_record(path: Path, metrics: dict[str, Any]) -> tuple[dict[str, Any], l
             else:
                 clean[key] = metrics[key]
     for key, value in metrics.items():
-        if "@" not in key and key not in RUN_METRICS:
-            continue
-        if len(key) > 2 * MAX_NAME_CHARS + 1:
-            notes.append(f"{where}: a metric key of {len(key)} characters; dropped")
-            continue
-        if not _is_number(value):
-            notes.append(f"{where}: {key}: expected a number, got {describe(value)}; dropped")
-            continue
-        try:
-            number = float(value)
-        except OverflowError:
-            notes.append(f"{where}: {key}: {describe(value, 20)} is too large for a float; dropped")
-            continue
-        if not math.isfinite(number):
-            notes.append(f"{where}: {key} is {format_nonfinite(number)}; left out of the mean")
-        clean[key] = number
+        if "@" in key or key in RUN_METRICS:
+            number = _metric_value(where, key, value, notes)
+            if number is not None:
+                clean[key] = number
     protocols = metrics.get("protocols", {})
     if isinstance(protocols, dict):
         clean["protocols"] = {}
@@ -294,6 +355,7 @@ def clean_record(path: Path, metrics: dict[str, Any]) -> tuple[dict[str, Any], l
         clean["skipped"] = {clip(k, MAX_NAME_CHARS): _text(v) for k, v in skipped.items()}
     else:
         notes.append(f"{where}: skipped: expected a mapping, got {describe(skipped)}; ignored")
+    clean["other_protocols"] = _clean_other_protocols(where, metrics.get("other_protocols", {}), notes)
     if len(notes) > MAX_NOTES_PER_RUN:
         notes[MAX_NOTES_PER_RUN:] = [f"{where}: and {len(notes) - MAX_NOTES_PER_RUN} more values dropped"]
     return clean, notes
@@ -380,18 +442,26 @@ def collect(roots: Iterable[str | Path]) -> Collection:
     return collection
 
 
-def run_rows(run: Run) -> list[RunRow]:
-    """Split a run into one row per sampler named in its ``<metric>@<sampler>`` keys.
-
-    A run with no generative metric gives one row under its ``sampler`` field (or ``""``). NaN and ±inf are kept:
-    the board counts them apart from the mean.
-    """
-    shared = {k: float(run.metrics[k]) for k in RUN_METRICS if _is_number(run.metrics.get(k))}
+def _split_by_sampler(values: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``{"fid@a": 1, "kid@a": 2, "fid@b": 3}`` -> ``{"a": {"fid": 1, "kid": 2}, "b": {"fid": 3}}`` (numbers only)."""
     per_sampler: dict[str, dict[str, float]] = {}
-    for key, value in run.metrics.items():
+    for key, value in values.items():
         if "@" in key and _is_number(value):
             metric, sampler = key.rsplit("@", 1)
             per_sampler.setdefault(sampler, {})[metric] = float(value)
+    return per_sampler
+
+
+def run_rows(run: Run) -> list[RunRow]:
+    """Split a run into one row per sampler named in its ``<metric>@<sampler>`` keys, then one row per sampler of
+    each ``other_protocols`` entry (``reevaluated``, with that entry's protocol on every value).
+
+    A run with no generative metric gives one row under its ``sampler`` field (or ``""``). NaN and ±inf are kept:
+    the board counts them apart from the mean. Run-level metrics (training time, reconstruction) are repeated on
+    every row, re-evaluated ones included, since they belong to the run whatever protocol judged its samples.
+    """
+    shared = {k: float(run.metrics[k]) for k in RUN_METRICS if _is_number(run.metrics.get(k))}
+    per_sampler = _split_by_sampler(run.metrics)
     if not per_sampler:
         per_sampler[str(run.metrics.get("sampler") or "")] = {}
     protocols = run.metrics.get("protocols") if isinstance(run.metrics.get("protocols"), dict) else {}
@@ -412,4 +482,8 @@ def run_rows(run: Run) -> list[RunRow]:
                 {str(k): str(v) for k, v in skipped.items()},
             )
         )
+    for entry in run.metrics.get("other_protocols", ()):
+        for sampler, values in sorted(_split_by_sampler(entry["values"]).items()):
+            protocol = entry["protocol"]
+            rows.append(RunRow(run, sampler, {**values, **shared}, dict.fromkeys(values, protocol), {}, True))
     return rows

@@ -9,6 +9,11 @@ missing there) does not split: it is counted "(k/n)". The rows of a dataset are 
 way (:meth:`Board.tables`): within one table each metric column has exactly one protocol, shown once above it.
 The protocol most runs used comes first (the first row of a split group, the first table of a dataset).
 
+A run's re-evaluations under other protocols (its ``other_protocols``) are rows of their own
+(:func:`~genbench.leaderboard.collect.run_rows`), so they land in their protocol's row and table; they average
+with other runs only where those were measured under that same protocol. Pieces of one run that fall into one row
+(its own values and a re-evaluation of other metrics) are one run there: ``n`` counts runs.
+
 NaN and ±Infinity (a diverged run, a failed metric) are left out of the mean and std: the cell says how many runs
 gave one ("12 ± 2 (2/3; 1 NaN)", or "NaN in 3/3" when no run gave a number), the row's notes name the runs, and
 each such value is a warning naming its run directory and key. ``nan ± nan`` never appears.
@@ -102,6 +107,20 @@ def summarise(values: Sequence[float]) -> Stat:
 
 
 @dataclass(frozen=True)
+class Samples:
+    """The sample grid a row shows: the PNG (resolved, inside its run directory), the run it comes from, its seed
+    and FID (the one runs are ranked by, None when it has none), and how that run was chosen among the row's runs
+    ("lowest fid_classifier of 3 runs", "the only run", "first of 3 runs with a grid")."""
+
+    path: Path
+    run: Path
+    seed: Any
+    fid_key: str | None
+    fid: float | None
+    chosen: str
+
+
+@dataclass(frozen=True)
 class BoardRow:
     """One line of a table: a measured group of runs, or a published reference number."""
 
@@ -114,10 +133,11 @@ class BoardRow:
     protocol: str = ""  # as text: the CSV's column; a published row's protocol
     verified: bool | None = None  # published rows only
     runs: tuple[Path, ...] = ()
-    samples: Path | None = None  # samples.png of the row's best (lowest FID) or first run
+    samples: Samples | None = None  # the sample grid of the row's best (lowest FID) or first run
     notes: tuple[str, ...] = ()  # metrics the runs skipped or could not average, and why
     git_commits: tuple[str, ...] = ()
     protocols: dict[str, Protocol] = field(default_factory=dict)  # measured rows: metric -> its one protocol
+    reevaluated: int = 0  # runs whose values here come from a re-evaluation (other_protocols)
 
     @property
     def published(self) -> bool:
@@ -258,26 +278,76 @@ def _protocol_difference(clusters: Sequence[dict[str, Protocol]]) -> str:
     return text if len(text) <= 500 else text[:499] + "…"
 
 
-def _samples_of(rows: Sequence[RunRow], sampler: str) -> tuple[Path | None, list[str]]:
-    """samples_<sampler>.png or samples.png of the run with the lowest FID, else of the first run that has one;
-    only a regular file inside its run directory (a warning for each other one)."""
+def _fid(row: RunRow) -> tuple[str | None, float]:
+    """The FID a run is ranked by for its samples (Inception, else classifier) and its value; inf when none."""
+    for key in ("fid_inception", "fid_classifier"):
+        value = row.values.get(key)
+        if value is not None:
+            return key, value if math.isfinite(value) else math.inf
+    return None, math.inf
 
-    def fid(row: RunRow) -> float:
-        value = row.values.get("fid_inception", row.values.get("fid_classifier"))
-        return value if value is not None and math.isfinite(value) else math.inf
 
-    chosen, warnings = None, []
-    for row in sorted(rows, key=fid):  # stable: ties keep path order
-        for name in (f"samples_{sampler}.png", "samples.png"):
+def _sample_names(row: RunRow, sampler: str) -> tuple[str, ...]:
+    """The grids that show ``sampler``'s draws in ``row``'s run: ``samples_<sampler>.png``, and ``samples.png``
+    when the run's own sampler is ``sampler`` (another sampler's grid must not be captioned with this one)."""
+    own = row.run.own_samples_sampler()
+    return (f"samples_{sampler}.png", "samples.png") if own == sampler else (f"samples_{sampler}.png",)
+
+
+def _samples_of(rows: Sequence[RunRow], sampler: str) -> tuple[Samples | None, list[str]]:
+    """The grid of ``sampler`` of the run with the lowest FID among those that have one, else of the first run
+    that has one; only a regular file inside its run directory (a warning for each other one)."""
+    found, warnings = [], []
+    for row in sorted(rows, key=lambda r: _fid(r)[1]):  # stable: ties keep path order
+        for name in _sample_names(row, sampler):
             try:
-                found = contained_file(row.run.path, name)
+                path = contained_file(row.run.path, name)
             except UnsafeFile as err:
                 warnings.append(f"{display_path(row.run.path)}: samples not embedded: {err}")
                 continue
-            if found is not None:
-                chosen = chosen or found
+            if path is not None:
+                found.append((row, path))
                 break
-    return chosen, warnings
+    if not found:
+        return None, warnings
+    row, path = found[0]
+    key, fid = _fid(row)
+    among = "" if len(found) == len(rows) else f" with a grid (of {len(rows)})"
+    if len(rows) == 1:
+        how = "the only run"
+    elif math.isfinite(fid):
+        how = f"lowest {key} of {len(found)} runs{among}"
+    else:
+        how = f"first of {len(found)} runs{among or ' with a grid'}"
+    return Samples(path, row.run.path, row.run.seed, key, fid if math.isfinite(fid) else None, how), warnings
+
+
+def merge_same_run(members: Sequence[RunRow]) -> tuple[list[RunRow], list[str]]:
+    """One row per run: a run's own row and a re-evaluation of other metrics that fell into the same cluster become
+    one, so ``n`` counts runs. A metric both hold (only possible for a record whose protocols differ in nothing the
+    board compares) keeps the first value, with a warning."""
+    merged: dict[Path, RunRow] = {}
+    warnings = []
+    for member in members:
+        first = merged.get(member.run.path)
+        if first is None:
+            merged[member.run.path] = member
+            continue
+        clash = sorted(k for k in member.values.keys() & first.values.keys() if k not in RUN_METRICS)
+        if clash:
+            warnings.append(
+                f"{display_path(member.run.path)}: {', '.join(clash)} recorded twice under one protocol; "
+                "the first value kept"
+            )
+        merged[member.run.path] = RunRow(
+            first.run,
+            first.sampler,
+            {**member.values, **first.values},
+            {**member.protocols, **first.protocols},
+            {**member.skipped, **first.skipped},
+            first.reevaluated or member.reevaluated,
+        )
+    return list(merged.values()), warnings
 
 
 def _nonfinite_notes(members: Sequence[RunRow]) -> list[str]:
@@ -332,6 +402,7 @@ def _board_row(
         notes=notes,
         git_commits=tuple(commits),
         protocols=protocols,
+        reevaluated=sum(m.reevaluated for m in members),
     )
     return row, warnings + samples_warnings
 
@@ -344,12 +415,19 @@ def group(rows: Iterable[RunRow]) -> tuple[list[BoardRow], list[str]]:
         groups[(row.run.data, row.run.model, row.sampler)].append(row)
     board_rows, warnings = [], []
     for (data, model, sampler), members in sorted(groups.items()):
-        members.sort(key=lambda r: str(r.run.path))
-        clusters = _by_size(cluster_by_protocol(members, protocols_of), lambda r: 1)
-        if len(clusters) > 1:
+        # by path; a run's own row before its re-evaluations
+        members.sort(key=lambda r: (str(r.run.path), r.reevaluated))
+        clusters = []
+        for protocols, cluster in cluster_by_protocol(members, protocols_of):
+            runs, merge_warnings = merge_same_run(cluster)
+            clusters.append((protocols, runs))
+            warnings += merge_warnings
+        clusters = _by_size(clusters, lambda r: 1)
+        own = [c for c, runs in clusters if not all(r.reevaluated for r in runs)]
+        if len(own) > 1:  # a re-evaluation under another protocol is asked for; runs that differ are not
             warnings.append(
-                f"{data}/{model}/{sampler}: runs measured under {len(clusters)} different protocols are shown as "
-                f"{len(clusters)} rows, not averaged together ({_protocol_difference([c for c, _ in clusters])})"
+                f"{data}/{model}/{sampler}: runs measured under {len(own)} different protocols are shown as "
+                f"{len(own)} rows, not averaged together ({_protocol_difference(own)})"
             )
         for protocols, cluster in clusters:
             board_row, row_warnings = _board_row(data, model, sampler, cluster, protocols)
