@@ -156,12 +156,7 @@ RULES: tuple[Rule, ...] = (
 
 # (importer module, imported module) -> why it is tolerated for now. Keyed without line numbers so edits elsewhere
 # in the file do not churn the list.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    # tracked in issue 15: remove when the shared GLO code moves out of models/glo.py
-    ("genbench.models.incremental_glo", "genbench.models.glo"): (
-        "tracked in issue 15: remove when the shared GLO code moves out of models/glo.py"
-    ),
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 # --------------------------------------------------------------------------------------------------- the scanner

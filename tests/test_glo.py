@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from genbench import losses
+from genbench.codes import CodeTable, pca_codes
 from genbench.data import ImageDataModule
 from genbench.data.sampler import partition_indices
 from genbench.data.sources import DigitsSource
@@ -26,7 +27,7 @@ from genbench.evaluators.base import EvalContext
 from genbench.evaluators.reconstruction import reconstruction_mse
 from genbench.inversion import best_of_candidates, invert
 from genbench.latent import GaussianSampler, project
-from genbench.models.glo import GLO, CodeTable, pca_codes
+from genbench.models.glo import GLO
 from genbench.nets.dcgan import DCGANGenerator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,9 +271,9 @@ def test_checkpoint_rebuilt_from_config_restores_codes_and_sampler(trained):
     cfg, datamodule, model, last = trained
     checkpoint = torch.load(last, weights_only=True)
     state = checkpoint["state_dict"]
-    assert state["codes.weight"].shape == (len(datamodule.split("train")), 16)
-    assert bool(state["sampler.fitted"])  # fitted at the end of training, before the last checkpoint
-    torch.testing.assert_close(state["sampler.mean"], model.codes.weight.double().mean(dim=0).float())
+    assert state["codes.table.weight"].shape == (len(datamodule.split("train")), 16)
+    assert bool(state["codes.sampler.fitted"])  # fitted at the end of training, before the last checkpoint
+    torch.testing.assert_close(state["codes.sampler.mean"], model.codes.weight.double().mean(dim=0).float())
     rebuilt = instantiate(cfg.model)  # n_codes: null, as `evaluate` does from the run's config.yaml
     rebuilt.load_state_dict(state)
     rebuilt.eval()
@@ -422,6 +423,6 @@ def test_lightning_ddp_trains_every_code_and_saves_the_whole_table(tmp_path):
     assert (whole != ranks[0]["initial"]).any(dim=1).all()
     # Rank 0's checkpoint holds the whole table, optimiser state included: each row's update count is exact.
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
-    assert torch.equal(saved["codes.weight"], whole)
-    assert torch.equal(saved["codes.steps"], torch.bincount(all_seen, minlength=n))
-    assert bool(saved["sampler.fitted"])
+    assert torch.equal(saved["codes.table.weight"], whole)
+    assert torch.equal(saved["codes.table.steps"], torch.bincount(all_seen, minlength=n))
+    assert bool(saved["codes.sampler.fitted"])

@@ -18,8 +18,8 @@ phases of one Lightning run, then an encoder:
 Stages last ``subset_epochs`` (each subset stage), ``final_epochs`` and ``encoder_epochs`` trainer epochs; the stage
 is a function of ``current_epoch``, so a checkpoint taken mid-stage resumes in that stage, and the index draws of a
 subset stage are seeded by the step, so resuming replays them. L is ``image_loss`` (``genbench.perceptual``: the
-report's VGG16 perceptual loss, or L2 + Lap1 without weights). Codes use GLO's ``CodeTable`` (row-wise Adam: codes
-outside the step's rows never move). Under DDP the table is replicated: the rows and gradients of a step are
+report's VGG16 perceptual loss, or L2 + Lap1 without weights). Codes are ``genbench.codes.LearnedCodes`` (row-wise
+Adam: codes outside the step's rows never move). Under DDP the table is replicated: the rows and gradients of a step are
 all-gathered (traffic proportional to the batch) and every rank applies the same update.
 
 ``encode``: the encoder once its stage has begun, GLO latent inversion before. ``reconstruct(x, index)``: learned
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,19 +39,16 @@ import torch
 from torch import Tensor, nn
 
 from genbench import curriculum
+from genbench.codes import LearnedCodes
 from genbench.data.batch import Batch
 from genbench.interface import GenerativeModel
-from genbench.inversion import invert
 from genbench.io import write_json
-from genbench.latent import PROJECTIONS, LatentSampler, project
-from genbench.models.glo import CodeTable, pca_codes
+from genbench.latent import LatentSampler, project
 from genbench.nets.batchnorm import recalibrate_batch_norm
 from genbench.nets.pretrained import ResNet50Features, VGG16Blocks
 from genbench.perceptual import PerceptualLoss
 
 log = logging.getLogger(__name__)
-
-INITS = ("pca", "gaussian")
 
 
 @dataclass(frozen=True)
@@ -137,6 +133,7 @@ class IncrementalGLO(GenerativeModel):
         lr_generator: float = 1e-3,
         lr_codes: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
+        code_bias_correction: str = "row",
         lr_encoder: float = 1e-3,
         encoder_l1_weight: float = 1.0,
         encoder_l2_weight: float = 1.0,
@@ -145,10 +142,6 @@ class IncrementalGLO(GenerativeModel):
         curriculum_file: str | None = None,
     ) -> None:
         super().__init__()
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         if min(subset_epochs, final_epochs, encoder_epochs) < 0 or subset_epochs + final_epochs == 0:
             raise ValueError(
                 "stage epochs must be >= 0, and the decoder needs subset_epochs or final_epochs > 0"
@@ -156,9 +149,7 @@ class IncrementalGLO(GenerativeModel):
         if min(continuity_sigma, continuity_weight, clean_weight, previous_weight, current_weight) < 0:
             raise ValueError("loss weights and continuity_sigma must be >= 0")
         self.automatic_optimization = False  # generator, encoder and the row-wise code optimiser
-        self.latent_dim, self.n_codes, self.init, self.init_std = latent_dim, n_codes, init, init_std
-        self.projection = projection
-        self.latent_geometry = "sphere" if projection == "sphere" else "euclidean"
+        self.latent_dim, self.n_codes = latent_dim, n_codes
         self.n_stages, self.n_clusters, self.k_representatives = n_stages, n_clusters, k_representatives
         self.pca_dim, self.feature_batch_size = pca_dim, feature_batch_size
         self.stages = schedule(n_stages, subset_epochs, final_epochs, encoder_epochs)
@@ -170,15 +161,27 @@ class IncrementalGLO(GenerativeModel):
         self.betas = (float(betas[0]), float(betas[1]))
         self.lr_encoder = lr_encoder
         self.encoder_l1_weight, self.encoder_l2_weight = encoder_l1_weight, encoder_l2_weight
-        self.inversion_steps, self.inversion_lr = inversion_steps, inversion_lr
         self.curriculum_file = curriculum_file
 
         self.generator = generator(in_features=latent_dim)
         self.encoder = encoder(out_features=latent_dim)
-        self.sampler = sampler(latent_dim=latent_dim, projection=projection)
+        self.codes = LearnedCodes(
+            latent_dim,
+            sampler,
+            projection=projection,
+            init=init,
+            init_std=init_std,
+            optimizer="adam",
+            betas=self.betas,
+            bias_correction=code_bias_correction,
+            inversion_steps=inversion_steps,
+            inversion_lr=inversion_lr,
+            inversion_start="mean",
+            n_codes=n_codes,
+        )
+        self.latent_geometry = self.codes.latent_geometry
         # Frozen nets: their weights are non-persistent buffers (moved with the model, never checkpointed).
         self.features, self.image_loss = features, image_loss
-        self.codes = CodeTable(n_codes or 0, latent_dim, projection, "adam", self.betas)
         # (N,) the subset of each training image, -1 before the split; saved with every checkpoint.
         self.register_buffer("subset_of", torch.full((n_codes or 0,), -1, dtype=torch.long))
         self.register_buffer("encoder_steps", torch.zeros((), dtype=torch.long))
@@ -194,8 +197,10 @@ class IncrementalGLO(GenerativeModel):
         }
         # DDP syncs the generator and encoder (parameters and batch-norm statistics) only: the code table is kept
         # identical on every rank by the all-gathered updates, and the frozen nets never change.
-        self._ddp_params_and_buffers_to_ignore = [
-            name for name, _ in self.named_buffers() if not name.startswith(("generator.", "encoder."))
+        self._ddp_params_and_buffers_to_ignore = self.codes.ddp_ignored("codes.") + [
+            name
+            for name, _ in self.named_buffers()
+            if not name.startswith(("generator.", "encoder.", "codes."))
         ]
         self._subsets: list[Tensor] = []  # index tensors per subset, from subset_of, on the model's device
         self._previous: list[Tensor] = []  # _previous[s]: the indices of subsets 0..s-1, concatenated
@@ -203,14 +208,21 @@ class IncrementalGLO(GenerativeModel):
         # from the trainer, so the step also runs outside a Trainer (the benchmark's plain loop).
         self._train_images: Callable[[Tensor, torch.device], Tensor] | None = None
         self._seed = 0
-        self._sampler_stale = False  # codes moved since the sampler was fitted
         self._bn_stale = False  # generator moved since its batch-norm statistics were recalibrated
         self._encoder_bn_stale = False  # encoder moved since its batch-norm statistics were recalibrated
         self._warned_inversion = False
 
     @property
+    def sampler(self) -> LatentSampler:
+        return self.codes.sampler
+
+    @property
     def sampler_name(self) -> str:
-        return self.sampler.name
+        return self.codes.sampler.name
+
+    @property
+    def projection(self) -> str:
+        return self.codes.projection
 
     @property
     def current_stage(self) -> Stage:
@@ -225,49 +237,28 @@ class IncrementalGLO(GenerativeModel):
         """Codes (N, D) of images (N, C, H, W): the encoder once its stage has begun, else latent inversion."""
         if int(self.encoder_steps) > 0:
             return self.encoder(x)
-        if len(self.codes) == 0:
-            raise RuntimeError(
-                "IncrementalGLO.encode needs learned codes (train the model or load a checkpoint)"
-            )
         if not self._warned_inversion:
             log.warning(
                 "incremental GLO: the encoder is not trained yet; encode falls back to latent inversion"
             )
             self._warned_inversion = True
-        start = project(self.codes.weight.mean(dim=0, keepdim=True), self.projection).expand(x.shape[0], -1)
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
-            return invert(
-                self.decode,
-                x,
-                start,
-                self.inversion_steps,
-                self.inversion_lr,
-                self.image_loss,
-                self.projection,
-            )
-        finally:
-            self.generator.train(was_training)
+        return self.codes.invert(self.generator, x, self.image_loss)
+
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` codes from the sampler (refitted when the codes moved since it was fitted), on the device."""
+        return self.codes.sample(n, generator).to(self.device)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        if self._sampler_stale or not bool(self.sampler.fitted):
-            self.fit_sampler()
-        return self.decode(self.sampler.sample(n, generator).to(self.device))
+        return self.decode(self.sample_codes(n, generator))
 
     def reconstruct(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         """Training images (``index`` given) from their learned codes, others by decode(encode(x))."""
         if index is None:
             return self.decode(self.encode(x))
-        return self.decode(self.codes.weight[index.to(self.codes.weight.device)])
+        return self.decode(self.codes.lookup(index))
 
     def fit_sampler(self) -> None:
-        if len(self.codes) == 0:
-            raise RuntimeError(
-                f"cannot fit the {self.sampler_name} sampler: no codes (train or load a checkpoint)"
-            )
-        self.sampler.fit(self.codes.weight)
-        self._sampler_stale = False
+        self.codes.fit_sampler()
 
     # -- setup: the code table and the curriculum -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -292,25 +283,10 @@ class IncrementalGLO(GenerativeModel):
             )
         self._seed = int(getattr(datamodule, "seed", 0))
         self._train_images = functools.partial(datamodule.images, "train")
-        if len(self.codes) != n:
-            self.codes.resize(n)
         if len(self.subset_of) != n:
             self.subset_of = torch.full((n,), -1, dtype=torch.long, device=self.subset_of.device)
-        if not self.codes.weight.any():  # fresh (a resumed checkpoint replaces it after setup)
-            self._initialise_codes(datamodule, self.trainer.strategy.root_device)
-
-    @torch.no_grad()
-    def _initialise_codes(self, datamodule, device: torch.device) -> None:
-        """Codes with per-dimension standard deviation ``init_std`` (PCA: on average), projected."""
-        n = len(self.codes)
-        if self.init == "pca":  # mean squared norm 1 -> D * init_std^2
-            codes = pca_codes(datamodule.split("train").images, self.latent_dim, device, self._seed)
-            codes = codes * self.init_std * math.sqrt(self.latent_dim)
-        else:
-            codes = self.init_std * torch.randn(
-                n, self.latent_dim, generator=torch.Generator().manual_seed(self._seed)
-            )
-        self.codes.weight.copy_(project(codes, self.projection))
+        # fresh codes are initialised here; a resumed checkpoint replaces them after setup
+        self.codes.prepare(n, datamodule.split("train").images, self.trainer.strategy.root_device, self._seed)
 
     def on_fit_start(self) -> None:
         # After the checkpoint's state is restored: a resumed run keeps the split it was trained with.
@@ -381,7 +357,7 @@ class IncrementalGLO(GenerativeModel):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._sampler_stale = self._bn_stale = self._encoder_bn_stale = False
+        self._bn_stale = self._encoder_bn_stale = False
 
     # -- training ------------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -445,7 +421,7 @@ class IncrementalGLO(GenerativeModel):
             else current[:0]
         )
         x = self._train_images(torch.cat([previous, current]), self.device)
-        z = self.codes.weight[current].detach().requires_grad_(True)  # (b, D): only these codes learn
+        z = self.codes.rows(current)  # (b, D): only these codes learn
         per_image = self.image_loss(
             self.generator(torch.cat([self.codes.weight[previous], z])), x
         )  # (p + b,)
@@ -462,7 +438,7 @@ class IncrementalGLO(GenerativeModel):
 
     def _whole_step(self, batch: Batch) -> dict[str, Tensor]:
         """All codes, with the continuity term L(G(z + eps), x)."""
-        z = self.codes.weight[batch.index].detach().requires_grad_(True)
+        z = self.codes.rows(batch.index)
         if not self.continuity_weight:
             parts = {"loss_clean": self.image_loss(self.generator(z), batch.image).mean()}
             parts["loss"] = self.clean_weight * parts["loss_clean"]
@@ -507,7 +483,7 @@ class IncrementalGLO(GenerativeModel):
             index = self.all_gather(index).flatten(0, 1)
             grad = self.all_gather(grad).flatten(0, 1) / self._world_size  # DDP averages G's gradients too
         self.codes.update(index, grad, self.lr_codes)
-        self._sampler_stale = self._bn_stale = True
+        self._bn_stale = True
 
     def on_train_epoch_end(self) -> None:
         # Before ModelCheckpoint's epoch-end save: finished nets are saved calibrated, the decoder with its sampler.
