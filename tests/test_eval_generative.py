@@ -22,17 +22,18 @@ from genbench.classifier import classifier_path, load_classifier, load_or_train
 from genbench.data import ImageDataModule
 from genbench.data.sources import DigitsSource
 from genbench.evaluate import main as evaluate_main
+from genbench.evaluators import features as features_module
 from genbench.evaluators.base import EvalContext
 from genbench.evaluators.distributed import shard, shard_sizes
-from genbench.evaluators.generative import (
+from genbench.evaluators.features import (
     ClassifierFeatures,
-    GenerativeMetrics,
+    FeaturesUnavailable,
     InceptionFeatures,
-    LoadedFeatures,
-    classifier_features,
+    say_once_per_sweep,
 )
+from genbench.evaluators.generative import GenerativeMetrics
 from genbench.interface import GenerativeModel
-from genbench.metrics import write_random_inception_weights
+from genbench.metrics import FeatureExtractor, write_random_inception_weights
 from genbench.metrics.features import INCEPTION_RESIZER, INCEPTION_WEIGHTS_FILE
 from genbench.run.record import merge_metrics
 from helpers import compose_config
@@ -179,15 +180,15 @@ class CountingPixels:
 
     name = "pixels"
 
-    def __init__(self) -> None:
-        self.embedded = 0
+    def __init__(self, digest: str | None = "identity") -> None:
+        self.embedded, self.digest = 0, digest
 
-    def load(self, ctx: EvalContext) -> LoadedFeatures:
+    def load(self, ctx: EvalContext) -> FeatureExtractor:
         def extract(x: Tensor) -> Tensor:
             self.embedded += x.shape[0]
             return x.flatten(1)
 
-        return LoadedFeatures(extract, "pixels", "none", digest="identity")
+        return FeatureExtractor(self.name, extract, "pixels", digest=self.digest)
 
 
 def test_reference_features_are_computed_once_and_reused(digits, tmp_path):
@@ -207,6 +208,16 @@ def test_reference_features_are_computed_once_and_reused(digits, tmp_path):
     assert len(list((tmp_path / "feats").glob("features-*.pt"))) == 2  # another N, another entry
 
 
+def test_an_extractor_without_a_digest_is_never_cached(digits, tmp_path):
+    features = CountingPixels(digest=None)
+    metrics = GenerativeMetrics(
+        features, n_gen=20, n_ref=20, kid_subset_size=10, cache_dir=str(tmp_path / "f")
+    )
+    evaluate(metrics, Source(digits.images("train")), digits, tmp_path)
+    evaluate(metrics, Source(digits.images("train")), digits, tmp_path)
+    assert features.embedded == 2 * (20 + 20) and not list(tmp_path.glob("f/features-*.pt"))
+
+
 def test_classifier_metrics_skipped_for_unlabelled_data(tmp_path):
     unlabelled = SimpleNamespace(  # the evaluator needs the split's length before it asks for labels
         name="faces",
@@ -219,7 +230,8 @@ def test_classifier_metrics_skipped_for_unlabelled_data(tmp_path):
     )
     assert "no labels" in results["skipped"]["fid_classifier"] and not any("@" in k for k in results)
     ctx = EvalContext(Source(None), unlabelled, tmp_path, torch.device("cpu"))
-    assert classifier_features(ctx) is None
+    with pytest.raises(FeaturesUnavailable, match="no labels"):
+        ClassifierFeatures().load(ctx)
 
 
 @pytest.fixture
@@ -229,19 +241,55 @@ def empty_torch_home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
-def test_inception_without_weights_warns_once_and_records_the_skip(
+@pytest.fixture
+def nothing_said(monkeypatch) -> None:
+    """A process that has said nothing yet (say_once_per_sweep's memory), outside any sweep."""
+    monkeypatch.setattr(features_module, "_said", set())
+    monkeypatch.setattr(features_module, "sweep_dir", lambda: None)
+
+
+@pytest.mark.usefixtures("nothing_said")
+def test_inception_without_weights_warns_once_in_one_line_and_records_the_skip(
     empty_torch_home, digits, tmp_path, caplog
 ):
-    metrics = GenerativeMetrics(InceptionFeatures(weights_path=None, download=False), n_gen=20, n_ref=20)
     with caplog.at_level(logging.WARNING):
-        final, _ = evaluate(metrics, Source(None), digits, tmp_path)
-        periodic, _ = evaluate(metrics, Source(None), digits, tmp_path, final=False)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "Inception" in r.getMessage()]
-    assert len(warnings) == 1
-    for results in (final, periodic):
+        for _ in range(2):  # two jobs of an in-process sweep: a new evaluator each, one process
+            metrics = GenerativeMetrics(
+                InceptionFeatures(weights_path=None, download=False), n_gen=20, n_ref=20
+            )
+            final, _ = evaluate(metrics, Source(None), digits, tmp_path)
+            periodic, _ = evaluate(metrics, Source(None), digits, tmp_path, final=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [features_module.INCEPTION_SKIPPED]
+    (said,) = warnings
+    assert (
+        "\n" not in said
+        and len(said) < 260
+        and f"eval.inception.weights_path=/path/to/{INCEPTION_WEIGHTS_FILE}" in said
+    )
+    for results in (final, periodic):  # the full reason stays in metrics.json
         reason = results["skipped"]["fid_inception"]
         assert INCEPTION_WEIGHTS_FILE in reason and str(empty_torch_home) in reason
         assert "eval.inception.weights_path" in reason and not any("@" in k for k in results)
+
+
+def test_a_skip_is_said_once_per_sweep_across_processes(monkeypatch, tmp_path, caplog):
+    """Jobs of a sweep that run as processes of their own (joblib, SLURM) share the sweep folder's marker."""
+    monkeypatch.setattr(features_module, "sweep_dir", lambda: tmp_path / "sweep")
+    said = []
+    with caplog.at_level(logging.WARNING):
+        for _job in range(3):
+            monkeypatch.setattr(features_module, "_said", set())  # a fresh process for each job
+            said.append(say_once_per_sweep("inception-weights", "the skip"))
+    assert said == [True, False, False] and (tmp_path / "sweep" / ".said-inception-weights").is_file()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == ["the skip"]
+    monkeypatch.setattr(features_module, "sweep_dir", lambda: tmp_path / "another sweep")
+    monkeypatch.setattr(features_module, "_said", set())
+    assert say_once_per_sweep("inception-weights", "the skip")  # another sweep is told again
+
+
+def test_sweep_dir_is_none_outside_a_hydra_multirun():
+    assert features_module.sweep_dir() is None
 
 
 def test_inception_features_from_the_real_torch_fidelity_network(empty_torch_home, digits, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from genbench.metrics import (
     kernel_inception_distance,
     load_inception,
     memorisation_ratio,
+    memorisation_ratio_of_distances,
     nearest_neighbours,
     precision_recall,
     to_inception_input,
@@ -121,78 +123,91 @@ def _brute_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 # ---------------------------------------------------------------- Frechet
 
 
+def _stats(mu, sigma) -> dict[str, np.ndarray]:
+    return {"mu": np.asarray(mu, dtype=np.float64), "sigma": np.asarray(sigma, dtype=np.float64)}
+
+
 def test_frechet_distance_is_zero_for_identical_statistics():
-    mu, sigma = feature_statistics(torch.randn(200, 8))
-    assert mu.dtype == sigma.dtype == torch.float64
-    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-10
+    stats = feature_statistics(torch.randn(200, 8))
+    assert stats["mu"].dtype == stats["sigma"].dtype == np.float64
+    assert abs(frechet_distance(stats, stats)) < 1e-10
 
 
 def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
-    f64 = torch.float64
-    mu1, mu2 = torch.tensor([0.0, 1.0, -2.0], dtype=f64), torch.tensor([1.0, 1.0, 0.5], dtype=f64)
-    s1, s2 = torch.tensor([1.0, 4.0, 0.25], dtype=f64), torch.tensor([2.0, 1.0, 9.0], dtype=f64)
-    expected = ((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * (s1 * s2).sqrt()).sum()
-    assert frechet_distance(mu1, torch.diag(s1), mu2, torch.diag(s2)) == pytest.approx(
-        expected.item(), rel=1e-12
-    )
+    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
+    s1, s2 = np.array([1.0, 4.0, 0.25]), np.array([2.0, 1.0, 9.0])
+    expected = ((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
+    got = frechet_distance(_stats(mu1, np.diag(s1)), _stats(mu2, np.diag(s2)))
+    assert got == pytest.approx(expected, rel=1e-12)
 
 
-def test_feature_statistics_match_numpy():
+def test_feature_statistics_match_numpy_in_float64():
     x = torch.randn(50, 6, dtype=torch.float32) * 3 + 2
-    mu, sigma = feature_statistics(x)
-    np.testing.assert_allclose(mu.numpy(), x.double().numpy().mean(0), rtol=1e-12)
-    np.testing.assert_allclose(sigma.numpy(), np.cov(x.double().numpy(), rowvar=False), rtol=1e-10)
+    stats = feature_statistics(x)
+    np.testing.assert_allclose(stats["mu"], x.double().numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats["sigma"], np.cov(x.double().numpy(), rowvar=False), rtol=1e-10)
 
 
 def test_frechet_distance_matches_scipy_sqrtm_recipe_on_full_rank_statistics():
     import scipy.linalg
 
-    mu1, s1 = feature_statistics(torch.randn(300, 10))
-    mu2, s2 = feature_statistics(torch.randn(300, 10) @ torch.randn(10, 10) * 0.5 + 1)
-    covmean = scipy.linalg.sqrtm(s1.numpy() @ s2.numpy()).real
-    pytorch_fid = ((mu1 - mu2) ** 2).sum().item() + np.trace(s1.numpy() + s2.numpy() - 2 * covmean)
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(pytorch_fid, rel=1e-8)
+    a = feature_statistics(torch.randn(300, 10))
+    b = feature_statistics(torch.randn(300, 10) @ torch.randn(10, 10) * 0.5 + 1)
+    covmean = scipy.linalg.sqrtm(a["sigma"] @ b["sigma"]).real
+    pytorch_fid = ((a["mu"] - b["mu"]) ** 2).sum() + np.trace(a["sigma"] + b["sigma"] - 2 * covmean)
+    assert frechet_distance(a, b) == pytest.approx(pytorch_fid, rel=1e-8)
 
 
 def test_frechet_distance_is_exact_for_singular_rank_one_covariances():
     # sqrtm returns inf for this product; Tr sqrt(u u^T Y^T Y) = sqrt(|Y u|^2) since the product has rank one.
-    u = torch.tensor([[1.0, 1, 1, -1]], dtype=torch.float64)
-    y = torch.tensor([[0.0, 0, -1, 0], [1, 0, 1, -1]], dtype=torch.float64)
-    s1, s2, zero = u.T @ u, y.T @ y, torch.zeros(4)
-    expected = s1.trace() + s2.trace() - 2 * (y @ u.T).square().sum().sqrt()
-    assert frechet_distance(zero, s1, zero, s2) == pytest.approx(expected.item(), rel=1e-9)
+    u = np.array([[1.0, 1, 1, -1]])
+    y = np.array([[0.0, 0, -1, 0], [1, 0, 1, -1]])
+    s1, s2, zero = u.T @ u, y.T @ y, np.zeros(4)
+    expected = np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.square(y @ u.T).sum())
+    assert frechet_distance(_stats(zero, s1), _stats(zero, s2)) == pytest.approx(expected, rel=1e-9)
 
 
-def test_frechet_distance_falls_back_to_eps_offset_when_the_eigensolver_fails(monkeypatch, caplog):
-    mu1, s1 = feature_statistics(torch.randn(100, 5))
-    mu2, s2 = feature_statistics(torch.randn(100, 5) + 0.5)
-    exact = frechet_distance(mu1, s1, mu2, s2)
-    real_eigvals, calls = np.linalg.eigvals, []
-
-    def failing_once(a):
-        calls.append(1)
-        if len(calls) == 1:
-            raise np.linalg.LinAlgError("did not converge")
-        return real_eigvals(a)
-
-    monkeypatch.setattr(np.linalg, "eigvals", failing_once)
-    with caplog.at_level(logging.WARNING, logger="genbench.metrics.frechet"):
-        assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(exact, rel=1e-4)
-    assert "adding" in caplog.text
+def test_frechet_distance_rejects_mismatched_statistics():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        frechet_distance(_stats(np.zeros(3), np.eye(3)), _stats(np.zeros(4), np.eye(4)))
 
 
-def test_frechet_distance_rejects_non_covariance_input():
-    eye = torch.eye(3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="covariance"):
-        frechet_distance(torch.zeros(3), eye, torch.zeros(3), -eye)
+@pytest.mark.parametrize("dim", [16, 128])
+def test_fid_kid_and_precision_recall_are_torch_fidelitys_functions_in_float64(dim):
+    """genbench's metric functions are torch-fidelity's feature-to-metric functions, fed float64 features: equal
+    to 1e-6 relative (1e-12 in practice) on random float32 features."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    g = torch.Generator().manual_seed(dim)
+    real, fake = torch.randn(600, dim, generator=g), torch.randn(500, dim, generator=g) * 1.2 + 0.1
+    fid = fid_statistics_to_metric(
+        fid_features_to_statistics(real.double()), fid_features_to_statistics(fake.double()), verbose=False
+    )["frechet_inception_distance"]
+    assert fid_from_features(real, fake) == pytest.approx(fid, rel=1e-6)
+
+    kid = kid_features_to_metric(
+        fake.double(), real.double(), kid_subsets=7, kid_subset_size=300, rng_seed=11, verbose=False
+    )
+    ours = kernel_inception_distance(fake, real, num_subsets=7, subset_size=300, seed=11)
+    assert ours.mean == pytest.approx(kid["kernel_inception_distance_mean"], rel=1e-6)
+    assert ours.std == pytest.approx(kid["kernel_inception_distance_std"], rel=1e-6)
+
+    prc = prc_features_to_metric(fake, real, prc_neighborhood=3, verbose=False)
+    got = precision_recall(real, fake, k=3)
+    assert 0 < got.precision < 1 and 0 < got.recall < 1
+    assert got.precision == pytest.approx(prc["precision"], rel=1e-6)
+    assert got.recall == pytest.approx(prc["recall"], rel=1e-6)
+    assert got.precision * 500 == round(got.precision * 500)  # an exact share of the 500 samples
 
 
-def test_fid_and_kid_agree_with_torch_fidelity_and_torchmetrics(image_sets):
+def test_fid_kid_and_precision_recall_agree_with_torch_fidelity_and_torchmetrics(image_sets):
     real, fake = image_sets
     if TINY_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor(TINY_EXTRACTOR, _TinyFidelityExtractor)
     reference = torch_fidelity.calculate_metrics(
-        input1=_Images(fake), input2=_Images(real), fid=True, kid=True, kid_subsets=3, kid_subset_size=40,
+        input1=_Images(fake), input2=_Images(real), fid=True, kid=True, prc=True, kid_subsets=3, kid_subset_size=40,
         feature_extractor=TINY_EXTRACTOR, cuda=False, cache=False, verbose=False, save_cpu_ram=True, batch_size=16,
     )  # fmt: skip
     tm_fid = FrechetInceptionDistance(feature=_TinyCNN(), input_img_size=(3, 16, 16))
@@ -212,6 +227,10 @@ def test_fid_and_kid_agree_with_torch_fidelity_and_torchmetrics(image_sets):
     assert kid.mean > 0
     assert kid.mean == pytest.approx(reference["kernel_inception_distance_mean"], rel=1e-4)
     assert kid.std == pytest.approx(reference["kernel_inception_distance_std"], rel=1e-3)
+
+    pr = precision_recall(real_feats, fake_feats, k=3)
+    assert pr.precision == pytest.approx(reference["precision"], rel=1e-6)
+    assert pr.recall == pytest.approx(reference["recall"], rel=1e-6)
 
 
 # ---------------------------------------------------------------- KID
@@ -253,10 +272,10 @@ def _brute_precision_recall(real: np.ndarray, fake: np.ndarray, k: int) -> tuple
     return float(precision), float(recall)
 
 
-def test_precision_recall_match_brute_force_with_uneven_chunks():
+def test_precision_recall_match_brute_force():
     real = torch.randn(50, 5, dtype=torch.float64)
     fake = torch.randn(41, 5, dtype=torch.float64) + 1.0
-    got = precision_recall(real, fake, k=3, chunk_size=7)
+    got = precision_recall(real, fake, k=3)
     want = _brute_precision_recall(real.numpy(), fake.numpy(), 3)
     assert 0 < got.precision < 1 and 0 < got.recall < 1
     assert got == pytest.approx(want, abs=1e-12)
@@ -264,11 +283,13 @@ def test_precision_recall_match_brute_force_with_uneven_chunks():
 
 def test_precision_recall_edge_cases():
     real = torch.randn(40, 4)
-    assert precision_recall(real, real.clone(), chunk_size=9) == (1.0, 1.0)
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
     assert precision_recall(real, real + 100.0) == (0.0, 0.0)
     # A collapsed model that only reproduces a few real images: perfect precision, poor recall.
     collapsed = precision_recall(real, real[:5].repeat(4, 1))
     assert collapsed.precision == 1.0 and collapsed.recall < 0.5
+    with pytest.raises(ValueError, match="k="):
+        precision_recall(real[:3], real[:5], k=3)  # a ball needs k other points
 
 
 # ---------------------------------------------------------------- nearest neighbours, memorisation
@@ -305,6 +326,10 @@ def test_memorisation_ratio_closed_form():
     samples = torch.tensor([[1.0, 0.0], [9.0, 0.0], [0.0, 0.5]])  # NN distances 1, 1, 0.5: mean 2.5/3
     test = torch.tensor([[0.0, 2.0], [13.0, 0.0]])  # NN distances 2, 3: mean 2.5
     assert memorisation_ratio(samples, test, train, chunk_size=1) == pytest.approx((2.5 / 3) / 2.5)
+    distances = torch.tensor([1.0, 1.0, 0.5]), torch.tensor([2.0, 3.0])
+    assert memorisation_ratio_of_distances(*distances) == pytest.approx((2.5 / 3) / 2.5, rel=1e-12)
+    with pytest.raises(ValueError, match="non-empty"):
+        memorisation_ratio_of_distances(torch.ones(3), torch.ones(0))
 
 
 # ---------------------------------------------------------------- feature extraction
@@ -385,7 +410,7 @@ def test_load_inception_without_weights_names_the_file_and_where_to_put_it(empty
     assert INCEPTION_WEIGHTS_FILE in message and PYTORCH_FID_WEIGHTS_FILE in message
     assert str(empty_torch_home) in message and "eval.inception.weights_path" in message
 
-    with pytest.raises(InceptionWeightsUnavailable, match="does not exist"):
+    with pytest.raises(InceptionWeightsUnavailable, match="no such file"):
         load_inception(empty_torch_home / "nope.pth")
 
     def no_network(url, dst, progress=True):
@@ -406,3 +431,51 @@ def test_real_inception_class_loads_random_weights_from_the_hub_cache(empty_torc
     assert isinstance(inception, FeatureExtractorInceptionV3) and not inception.training
     features = extract_features(inception_extractor(inception), torch.rand(2, 1, 28, 28))
     assert features.shape == (2, 2048) and torch.isfinite(features).all()
+
+
+# ---------------------------------------------------------------- the one weight resolver
+
+
+def test_resolve_weights_path_cache_alias_download_and_one_line_errors(
+    empty_torch_home, tmp_path, monkeypatch
+):
+    from genbench.weights import WeightsFile, WeightsNotFound, resolve_weights
+
+    spec = WeightsFile(
+        "Tiny", "tiny-123.pth", "https://example.invalid/tiny-123.pth", "eval.tiny", ("alias.pth",)
+    )
+    given = tmp_path / "mine.pth"
+    given.write_bytes(b"w")
+    assert resolve_weights(spec, str(given), download=False) == given
+    with pytest.raises(WeightsNotFound) as missing:
+        resolve_weights(
+            spec, str(tmp_path / "nope.pth"), download=True
+        )  # a configured path is never bypassed
+    assert f"eval.tiny.weights_path={tmp_path / 'nope.pth'}: no such file" in str(missing.value)
+
+    with pytest.raises(WeightsNotFound) as absent:
+        resolve_weights(spec, None, download=False)
+    message = str(absent.value)
+    assert "\n" not in message and str(empty_torch_home / "tiny-123.pth") in message
+    assert (
+        "eval.tiny.weights_path" in message
+        and "eval.tiny.download=true" in message
+        and "alias.pth" in message
+    )
+
+    empty_torch_home.mkdir(parents=True)
+    (empty_torch_home / "alias.pth").write_bytes(b"w")
+    assert resolve_weights(spec, None, download=False) == empty_torch_home / "alias.pth"
+    (empty_torch_home / "alias.pth").unlink()
+
+    fetched = []
+
+    def fake_download(url, dst, progress=True):
+        fetched.append(url)
+        Path(dst).write_bytes(b"downloaded")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    path = resolve_weights(spec, None, download=True)
+    assert path == empty_torch_home / "tiny-123.pth" and path.read_bytes() == b"downloaded"
+    assert fetched == [spec.url] and not list(empty_torch_home.glob("*.tmp"))
+    assert resolve_weights(spec, None, download=True) == path and len(fetched) == 1  # cached now

@@ -15,12 +15,9 @@ from genbench.classifier import DigitClassifier, TrainedClassifier, state_digest
 from genbench.data import ImageDataModule
 from genbench.data.sources import DigitsSource
 from genbench.evaluators import neighbours as neighbours_module
-from genbench.evaluators.neighbours import (
-    NearestNeighbours,
-    TrainingChunks,
-    draw_samples,
-    extractor_id,
-)
+from genbench.evaluators.neighbours import SAMPLE_OFFSET, NearestNeighbours, TrainingChunks
+from genbench.evaluators.sampling import draw_samples
+from genbench.metrics import FeatureExtractor
 from genbench.metrics import neighbours as metric_neighbours
 from genbench.metrics.knn import knn
 from genbench.models.vae import VAE
@@ -173,32 +170,53 @@ def features(x):  # a metric other than pixel L2
     return x.flatten(1)[:, ::3] * torch.linspace(0, 1, 86)
 
 
+class Fixed:
+    """A feature source that always has ``extractor``."""
+
+    def __init__(self, extractor: FeatureExtractor) -> None:
+        self.extractor, self.name = extractor, extractor.name
+
+    def load(self, ctx) -> FeatureExtractor:
+        return self.extractor
+
+
+WEIGHTED = Fixed(
+    FeatureExtractor("weighted", features, "every third pixel, weighted")
+)  # no digest: not cached
+
+
 def reference_neighbours(ctx, evaluator: NearestNeighbours, n: int):
     """The evaluator's outputs by brute force (the pre-knn implementation's semantics): (ratio, figure)."""
     ctx.model.eval()  # as run_evaluators draws them
-    samples = draw_samples(ctx, n, evaluator.batch_size, offset=3).float()
+    samples = draw_samples(ctx, n, evaluator.batch_size, offset=SAMPLE_OFFSET).float()
     train = ctx.datamodule.split("train").images.float().div(255)  # (T, C, H, W)
     test = ctx.datamodule.split("test").images[:n].float().div(255)
     flat_train = train.flatten(1)
     sample_d = torch.cdist(samples.flatten(1).double(), flat_train.double()).min(dim=1).values
     test_d = torch.cdist(test.flatten(1).double(), flat_train.double()).min(dim=1).values
     rows = samples[: evaluator.rows]
-    pix = torch.cdist(rows.flatten(1), flat_train).topk(evaluator.k, dim=1, largest=False).indices
-    feat = torch.cdist(features(rows), features(train)).topk(evaluator.k, dim=1, largest=False).indices
+    pix_d, pix = torch.cdist(rows.flatten(1), flat_train).topk(evaluator.k, dim=1, largest=False)
+    feat_d, feat = torch.cdist(features(rows), features(train)).topk(evaluator.k, dim=1, largest=False)
     figure = torch.cat([rows[:, None], train[pix], train[feat]], dim=1)  # (rows, 1 + 2k, C, H, W)
-    return float(sample_d.mean() / test_d.mean()), figure
+    return float(sample_d.mean() / test_d.mean()), figure, (pix_d, feat_d)
 
 
 @pytest.mark.parametrize("chunk_size", [100, 5000])
 def test_evaluator_output_unchanged_on_a_fixture(digits, tmp_path, chunk_size, monkeypatch):
-    figures = []  # what the evaluator tiles: (images, nrow), whatever the picture's rendering
-    save_grid = neighbours_module.save_grid
+    figures = []  # what the evaluator draws: the samples column, then each block (images, distances)
+    render = neighbours_module.render_neighbours
+
+    def spy(samples, blocks, caption, min_cell):
+        figures.append((samples, blocks, caption))
+        return render(samples, blocks, caption, min_cell)
+
+    monkeypatch.setattr(neighbours_module, "render_neighbours", spy)
+    ratios = []  # the evaluator's ratio is the tested metric function's
+    ratio_of = neighbours_module.memorisation_ratio_of_distances
     monkeypatch.setattr(
         neighbours_module,
-        "save_grid",
-        lambda ctx, name, images, nrow, **kw: (
-            figures.append((images, nrow)) or save_grid(ctx, name, images, nrow, **kw)
-        ),
+        "memorisation_ratio_of_distances",
+        lambda *d: ratios.append(ratio_of(*d)) or ratios[-1],
     )
     evaluator = NearestNeighbours(
         rows=4,
@@ -206,7 +224,7 @@ def test_evaluator_output_unchanged_on_a_fixture(digits, tmp_path, chunk_size, m
         n_samples=200,
         batch_size=64,
         chunk_size=chunk_size,
-        features=lambda ctx: features,
+        features=WEIGHTED,
         cache_dir=str(tmp_path / "cache"),
     )
     model = small_vae()
@@ -218,11 +236,16 @@ def test_evaluator_output_unchanged_on_a_fixture(digits, tmp_path, chunk_size, m
 
     results, ctx = evaluate()
     with torch.no_grad():
-        want_ratio, want_figure = reference_neighbours(ctx, evaluator, 200)
+        want_ratio, want_figure, (pix_d, feat_d) = reference_neighbours(ctx, evaluator, 200)
     assert results["memorisation_ratio@prior"] == pytest.approx(want_ratio, rel=1e-5)
-    images, nrow = figures[-1]
-    assert nrow == 1 + 2 * 3 and images.shape == (4 * nrow, 1, SIZE, SIZE)
-    assert torch.equal(images, want_figure.flatten(0, 1))  # the same images in the same places
+    assert ratios == [results["memorisation_ratio@prior"]]
+    samples, blocks, caption = figures[-1]
+    images = torch.cat([samples[:, None], *(b.images for b in blocks)], dim=1)
+    assert images.shape == (4, 1 + 2 * 3, 1, SIZE, SIZE)
+    assert torch.equal(images, want_figure)  # the same images in the same places
+    torch.testing.assert_close(blocks[0].distances, pix_d, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(blocks[1].distances, feat_d, rtol=1e-4, atol=1e-4)
+    assert [b.title for b in blocks] == ["pixel space (L2)", "weighted feature space (L2)"]
     assert (tmp_path / "neighbours.png").is_file()
     n_test = min(200, len(digits.split("test")))
     assert results["protocols"]["memorisation_ratio@prior"] == {
@@ -239,16 +262,19 @@ def test_evaluator_output_unchanged_on_a_fixture(digits, tmp_path, chunk_size, m
     )  # the test distances (this extractor is no classifier: its features are not cached)
     again, _ = evaluate()
     assert again["memorisation_ratio@prior"] == pytest.approx(results["memorisation_ratio@prior"], rel=1e-6)
-    assert torch.equal(figures[-1][0], images)
+    assert torch.equal(
+        torch.cat([figures[-1][0][:, None], *(b.images for b in figures[-1][1])], dim=1), images
+    )
 
 
 def test_classifier_features_of_the_train_split_are_cached(digits, tmp_path, monkeypatch):
     torch.manual_seed(0)
     net = DigitClassifier(channels=1, image_size=SIZE).eval()
     trained = TrainedClassifier(net, 0.5, state_digest(net.state_dict()))
-    assert extractor_id(trained.features) == f"classifier:{trained.digest}" and extractor_id(features) is None
+    extractor = FeatureExtractor("classifier", trained.features, "a classifier", digest=trained.digest)
+    assert extractor.cache_id == f"classifier:{trained.digest}" and WEIGHTED.extractor.cache_id is None
     evaluator = NearestNeighbours(
-        rows=2, k=2, n_samples=50, features=lambda ctx: trained.features, cache_dir=str(tmp_path / "cache")
+        rows=2, k=2, n_samples=50, features=Fixed(extractor), cache_dir=str(tmp_path / "cache")
     )
     model = small_vae()
     first, ctx = run_evaluators({"nb": evaluator}, model, digits, tmp_path, torch.device("cpu"), 0, True)

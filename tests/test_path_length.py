@@ -16,7 +16,7 @@ from genbench.classifier import load_or_train
 from genbench.data import ImageDataModule
 from genbench.data.sources import DigitsSource
 from genbench.evaluators.base import EvalContext
-from genbench.evaluators.generative import FeaturesUnavailable
+from genbench.evaluators.features import FeaturesUnavailable
 from genbench.evaluators.path_length import PathLength
 from genbench.interface import GenerativeModel
 from genbench.latent import NormalSampler

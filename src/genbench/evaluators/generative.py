@@ -2,9 +2,10 @@
 
 ``GenerativeMetrics(features=ClassifierFeatures())`` gives ``fid_classifier@<sampler>``, ``kid_classifier@...``,
 ``precision_classifier@...`` and ``recall_classifier@...``; with ``InceptionFeatures()`` the same four with
-``_inception``. Each value is recorded with its protocol (N generated, N reference, reference split, resizer,
-feature extractor) under ``records["protocols"]``; a metric that cannot be computed (no Inception weights, an
-unlabelled dataset for the classifier) is recorded under ``records["skipped"]`` with the reason.
+``_inception`` (the feature sources are in ``genbench.evaluators.features``). Each value is recorded with its
+protocol (N generated, N reference, reference split, resizer, feature extractor) under ``records["protocols"]``; a
+metric that cannot be computed (no Inception weights, an unlabelled dataset for the classifier) is recorded under
+``records["skipped"]`` with the reason.
 
 Reference features (the first ``n_ref`` images of the split) are cached on disk by dataset, split, image size,
 extractor (with a digest of its weights) and N, so every model and run reuses them. Under DDP each rank
@@ -16,141 +17,31 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
-import torch
 from torch import Tensor
 
-from genbench.classifier import DigitClassifier, TrainedClassifier, load_or_train, state_digest
 from genbench.evaluators.base import EvalContext
-from genbench.evaluators.distributed import all_true, broadcast, gather_rows, shard
+from genbench.evaluators.distributed import all_true, gather_rows, shard
+from genbench.evaluators.features import FeatureSource, FeaturesUnavailable
+from genbench.evaluators.sampling import sample_batches
 from genbench.metrics import (
-    InceptionWeightsUnavailable,
+    FeatureExtractor,
     MetricProtocol,
     cached_features,
     extract_features,
     fid_from_features,
-    inception_extractor,
     kernel_inception_distance,
-    load_inception,
     precision_recall,
 )
 from genbench.metrics.cache import feature_cache_path
-from genbench.metrics.features import INCEPTION_EXTRACTOR, INCEPTION_RESIZER
 from genbench.progress import Progress
 from genbench.run.paths import feature_cache_dir
 
 log = logging.getLogger(__name__)
 
-Features = Callable[[Tensor], Tensor]  # images (N, C, H, W) in [0, 1] on the device -> features (N, F)
 SAMPLE_OFFSET = 5  # ctx.generator offset of the samples: every extractor scores the same samples
-
-
-class FeaturesUnavailable(RuntimeError):
-    """This extractor cannot run here (missing weights, unlabelled data); the message says why."""
-
-
-@dataclass(frozen=True)
-class LoadedFeatures:
-    """A ready feature extractor and what the protocol record says about it."""
-
-    extract: Features
-    description: str  # the protocol's ``feature_extractor``
-    resizer: str  # the protocol's ``resizer``
-    digest: str  # identifies the weights: part of the reference-feature cache key
-    scalars: dict[str, float] = field(default_factory=dict)  # sampler-independent extras for metrics.json
-
-
-class FeatureSource(Protocol):
-    """Builds the extractor for a context; ``name`` is the metric suffix ("classifier", "inception")."""
-
-    name: str
-
-    def load(self, ctx: EvalContext) -> LoadedFeatures: ...
-
-
-class ClassifierFeatures:
-    """Penultimate features of genbench's dataset classifier (``genbench.classifier``), trained on demand.
-
-    Only for labelled datasets. Under DDP rank 0 loads (or trains) it and broadcasts the weights.
-    """
-
-    name = "classifier"
-
-    def __init__(self, cache_dir: str | None = None) -> None:
-        self.cache_dir = cache_dir  # null: $GENBENCH_CACHE/classifiers or ~/.cache/genbench/classifiers
-        self._loaded: tuple[tuple[str, int, str], TrainedClassifier] | None = None
-
-    def load(self, ctx: EvalContext) -> LoadedFeatures:
-        dm = ctx.datamodule
-        if not dm.source.has_labels:
-            raise FeaturesUnavailable(
-                f"{dm.name} has no labels, so there is no classifier to take features from"
-            )
-        key = (dm.name, dm.image_size, str(ctx.device))
-        if self._loaded is None or self._loaded[0] != key:
-            self._loaded = (key, self._load(ctx))
-        trained = self._loaded[1]
-        return LoadedFeatures(
-            extract=trained.features,
-            description=(
-                f"genbench classifier {dm.name} {dm.image_size}px penultimate ({trained.net.arch['feature_dim']}), "
-                f"test accuracy {trained.test_accuracy:.4f}, weights {trained.digest}"
-            ),
-            resizer=f"none (native {dm.image_size}x{dm.image_size})",
-            digest=trained.digest,
-            scalars={"classifier_test_accuracy": trained.test_accuracy},
-        )
-
-    def _load(self, ctx: EvalContext) -> TrainedClassifier:
-        trained = load_or_train(ctx.datamodule, ctx.device, self.cache_dir) if ctx.rank == 0 else None
-        if ctx.world_size == 1:
-            return trained
-        payload = None
-        if trained is not None:
-            state = {k: v.cpu() for k, v in trained.net.state_dict().items()}
-            payload = (trained.net.arch, state, trained.test_accuracy)
-        arch, state, test_accuracy = broadcast(payload, ctx)
-        if trained is not None:
-            return trained
-        net = DigitClassifier(**arch)
-        net.load_state_dict(state)
-        return TrainedClassifier(net.to(ctx.device).eval(), test_accuracy, state_digest(state))
-
-
-class InceptionFeatures:
-    """Pool3 features of torch-fidelity's TF-compatible InceptionV3 (the FID standard).
-
-    Weights: ``weights_path`` (eval.inception.weights_path), else the torch hub cache, else a download when
-    ``download``. When they are unavailable the metrics are skipped with one warning per process (periodic
-    evaluations do not repeat it). CPU cost: ~190 ms per image on 2 cores, so N = 10,000 takes ~30 minutes.
-    """
-
-    name = "inception"
-
-    def __init__(self, weights_path: str | None = None, download: bool = True) -> None:
-        self.weights_path, self.download = weights_path, download
-        self._unavailable: str | None = None
-        self._loaded: tuple[torch.nn.Module, str] | None = None
-
-    def load(self, ctx: EvalContext) -> LoadedFeatures:
-        if self._unavailable is not None:
-            raise FeaturesUnavailable(self._unavailable)
-        if self._loaded is None:
-            try:
-                inception = load_inception(self.weights_path, self.download)
-            except InceptionWeightsUnavailable as exc:
-                self._unavailable = str(exc)
-                level = logging.WARNING if ctx.rank == 0 else logging.DEBUG  # one warning, not one per rank
-                log.log(level, "Inception metrics (fid/kid/precision/recall_inception) skipped: %s", exc)
-                raise FeaturesUnavailable(self._unavailable) from exc
-            self._loaded = (inception, state_digest(inception.state_dict()))
-        inception, digest = self._loaded
-        inception.to(ctx.device)
-        return LoadedFeatures(inception_extractor(inception), INCEPTION_EXTRACTOR, INCEPTION_RESIZER, digest)
 
 
 class GenerativeMetrics:
@@ -224,29 +115,34 @@ class GenerativeMetrics:
         return {**self._metrics(ctx, loaded, real, fake), **loaded.scalars}
 
     # -- features --------------------------------------------------------------------------------------------------
-    def _reference(self, ctx: EvalContext, loaded: LoadedFeatures, n: int) -> Tensor | None:
+    def _reference(self, ctx: EvalContext, loaded: FeatureExtractor, n: int) -> Tensor | None:
         """Features of the split's first ``n`` images, from the cache or computed (sharded) and cached."""
         dm = ctx.datamodule
         key = {
             "dataset": dm.name,
             "split": self.reference_split,
             "image_size": dm.image_size,
-            "extractor": f"{self.features.name}:{loaded.digest}",
+            "extractor": loaded.cache_id,
             "n": n,
             "data": dm.source.cache_key(self.reference_split),
         }
         everything = range(n)
         if ctx.world_size == 1:
+            if loaded.cache_id is None:  # an extractor nothing identifies: never cached
+                return self._real_features(ctx, loaded, everything)
             return cached_features(key, lambda: self._real_features(ctx, loaded, everything), self.cache_dir)
-        if all_true(feature_cache_path(key, self.cache_dir).is_file(), ctx):
+        cacheable = loaded.cache_id is not None
+        if cacheable and all_true(feature_cache_path(key, self.cache_dir).is_file(), ctx):
             # Every rank can read it; only rank 0 needs it (an unreadable file is recomputed there, alone).
             if ctx.rank != 0:
                 return None
             return cached_features(key, lambda: self._real_features(ctx, loaded, everything), self.cache_dir)
         gathered = gather_rows(self._real_features(ctx, loaded, shard(n, ctx)), n, ctx)
-        return cached_features(key, lambda: gathered, self.cache_dir) if ctx.rank == 0 else None
+        if ctx.rank != 0:
+            return None
+        return cached_features(key, lambda: gathered, self.cache_dir) if cacheable else gathered
 
-    def _real_features(self, ctx: EvalContext, loaded: LoadedFeatures, rows: range) -> Tensor:
+    def _real_features(self, ctx: EvalContext, loaded: FeatureExtractor, rows: range) -> Tensor:
         images = ctx.datamodule.split(self.reference_split).images  # (N, C, H, W) uint8, CPU
 
         def batches() -> Iterator[Tensor]:
@@ -259,26 +155,18 @@ class GenerativeMetrics:
 
         return extract_features(loaded.extract, batches())  # (len(rows), F), CPU
 
-    def _generated_features(self, ctx: EvalContext, loaded: LoadedFeatures, n: int) -> Tensor:
+    def _generated_features(self, ctx: EvalContext, loaded: FeatureExtractor, n: int) -> Tensor:
         """Features of this rank's share of ``n`` samples, each rank drawing from its own seeded generator."""
         mine = len(shard(n, ctx))
         if mine == 0:
             raise ValueError(f"n_gen={n} is smaller than the world size {ctx.world_size}")
         generator = ctx.generator(SAMPLE_OFFSET + 1009 * ctx.rank)
-
-        def batches() -> Iterator[Tensor]:
-            what = f"{self.features.name} features of {mine} samples"
-            with Progress(what, mine, unit="samples") as progress:
-                for start in range(0, mine, self.batch_size):
-                    size = min(self.batch_size, mine - start)
-                    yield ctx.model.sample(size, generator=generator)
-                    progress.update(size)
-
-        return extract_features(loaded.extract, batches())  # (mine, F), CPU
+        what = f"{self.features.name} features of {mine} samples"
+        return extract_features(loaded.extract, sample_batches(ctx, mine, self.batch_size, generator, what))
 
     # -- metrics ---------------------------------------------------------------------------------------------------
     def _metrics(
-        self, ctx: EvalContext, loaded: LoadedFeatures, real: Tensor, fake: Tensor
+        self, ctx: EvalContext, loaded: FeatureExtractor, real: Tensor, fake: Tensor
     ) -> dict[str, float]:
         name, sampler = self.features.name, ctx.model.sampler_name
         real, fake = real.to(ctx.device), fake.to(ctx.device)  # (n_ref, F), (n_gen, F)
@@ -325,11 +213,3 @@ class GenerativeMetrics:
                 f"{reason} (kid/precision/recall_{self.features.name} skipped too)"
             )
         return {}
-
-
-def classifier_features(ctx: EvalContext, cache_dir: str | None = None) -> Features | None:
-    """The dataset classifier's feature map, or None for unlabelled datasets: the ``features`` factory of
-    ``NearestNeighbours`` (configure with ``_partial_: true``). Trains the classifier on demand."""
-    if not ctx.datamodule.source.has_labels:
-        return None
-    return load_or_train(ctx.datamodule, ctx.device, cache_dir).features

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from genbench.evaluators.base import EvalContext
 from genbench.evaluators.pictures import MIN_CELL, save_grid
+from genbench.evaluators.sampling import held_out_split
 from genbench.interface import EncoderUnavailable, GenerativeModel
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class Interpolations:
         self.rows, self.steps, self.with_originals, self.min_cell = rows, steps, with_originals, min_cell
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        split = "test" if len(ctx.datamodule.split("test")) else "train"
+        split = held_out_split(ctx.datamodule)
         rows = min(self.rows, len(ctx.datamodule.split(split)) // 2)
         if rows == 0:
             return {}

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from genbench.evaluators.base import EvalContext
 from genbench.evaluators.pictures import MIN_CELL, save_grid
+from genbench.evaluators.sampling import held_out_split
 from genbench.interface import EncoderUnavailable
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class LatentPlane:
         if ctx.model.latent_dim != 2:
             log.debug("latent plane pictures skipped: latent_dim=%d", ctx.model.latent_dim)
             return {}
-        split = "test" if len(ctx.datamodule.split("test")) else "train"
+        split = held_out_split(ctx.datamodule)
         n = min(self.n_points, len(ctx.datamodule.split(split)))
         try:
             codes = torch.cat(

@@ -31,7 +31,6 @@ The protocol says which. Runs on rank 0 only, under the evaluation's no_grad and
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -40,10 +39,12 @@ import torch
 from torch import Tensor
 
 from genbench.evaluators.base import EvalContext
-from genbench.evaluators.generative import ClassifierFeatures, FeatureSource, FeaturesUnavailable
+from genbench.evaluators.features import ClassifierFeatures, FeatureSource, FeaturesUnavailable, load_alone
 from genbench.evaluators.interpolation import latent_geometry
+from genbench.evaluators.sampling import held_out_split
 from genbench.interface import EncoderUnavailable
 from genbench.latent import LatentSampler
+from genbench.metrics.features import FeatureExtractor, pixel_features
 from genbench.metrics.path_length import path_lengths, trimmed_mean
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,6 @@ TRIM = (
 
 class CodesUnavailable(RuntimeError):
     """No codes can be drawn for this model; the message says why."""
-
-
-def _pixels(images: Tensor) -> Tensor:
-    return images.flatten(1)
 
 
 class PathLength:
@@ -104,14 +101,15 @@ class PathLength:
             log.warning("path_length skipped: %s", exc)
             ctx.records.setdefault("skipped", {})["path_length"] = str(exc)
             return {}
-        name, extract, description, digest = self._features(ctx)
+        features = self._features(ctx)
+        name = features.name
         geometry = latent_geometry(ctx.model)
         interpolation = "slerp" if geometry == "sphere" else "lerp"
         t = torch.rand(n, generator=ctx.generator(T_OFFSET), device=ctx.device)
 
         started = time.perf_counter()
         values = path_lengths(
-            ctx.model.decode, extract, z0, z1, t, self.epsilon, interpolation, self.batch_size
+            ctx.model.decode, features.extract, z0, z1, t, self.epsilon, interpolation, self.batch_size
         )
         mean = trimmed_mean(values)
         log.info("path_length_%s: %d pairs in %.1fs", name, n, time.perf_counter() - started)
@@ -125,8 +123,8 @@ class PathLength:
             "latent_geometry": geometry,
             "codes": codes,
             "distance": "squared Euclidean distance of the features at t and t + epsilon, / epsilon^2",
-            "feature_extractor": description,
-            "feature_digest": digest,
+            "feature_extractor": features.description,
+            "feature_digest": features.digest,
             "trim": TRIM,
             "seed": ctx.seed,
         }
@@ -166,7 +164,7 @@ class PathLength:
         return None
 
     def _encoded(self, ctx: EvalContext, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, str]:
-        split = self.split if len(ctx.datamodule.split(self.split)) else "train"
+        split = held_out_split(ctx.datamodule, self.split)
         m = len(ctx.datamodule.split(split))
         if m < 2:
             raise CodesUnavailable(f"codes=encoded needs 2 or more {split} images, found {m}")
@@ -190,19 +188,15 @@ class PathLength:
         return z[:n], z[n:], drawn
 
     # -- features --------------------------------------------------------------------------------------------------
-    def _features(self, ctx: EvalContext) -> tuple[str, Callable[[Tensor], Tensor], str, str]:
-        """(name, extractor, protocol description, weights digest); pixels where the source is unavailable."""
+    def _features(self, ctx: EvalContext) -> FeatureExtractor:
+        """The source's extractor; pixels where it is unavailable (the reason under ``skipped``)."""
         if self.features is not None:
-            # This evaluator runs on rank 0 alone: load as one process (ClassifierFeatures would otherwise
-            # broadcast its weights to ranks that never arrive).
-            alone = dataclasses.replace(ctx, rank=0, world_size=1, collectives=None)
             try:
-                loaded = self.features.load(alone)
-                return self.features.name, loaded.extract, loaded.description, loaded.digest
+                return load_alone(self.features, ctx)  # this evaluator runs on rank 0 alone
             except FeaturesUnavailable as exc:
                 reason = f"{exc}; path_length_pixels instead"
                 ctx.records.setdefault("skipped", {})[f"path_length_{self.features.name}"] = reason
-        return "pixels", _pixels, "pixels: the C x H x W values in [0, 1]", "none"
+        return pixel_features()
 
 
 __all__ = ["CODE_SOURCES", "CodesUnavailable", "PathLength"]

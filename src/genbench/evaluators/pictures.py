@@ -23,6 +23,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from genbench.evaluators.base import EvalContext
+from genbench.evaluators.sampling import draw_samples, held_out_split
 from genbench.io import atomic_path
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class SampleGrid:
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         n = self.rows * self.rows
-        samples = ctx.model.sample(n, generator=ctx.generator(1))
+        samples = draw_samples(ctx, n, batch_size=n, offset=1)
         caption = f"samples ({ctx.model.sampler_name} sampler), {n} draws"
         save_grid(ctx, "samples", samples, nrow=self.rows, caption=caption, min_cell=self.min_cell)
         return {}
@@ -209,7 +210,7 @@ class ReconstructionGrid:
         self.columns, self.pairs, self.min_cell = columns, pairs_of_rows, min_cell
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        split = "test" if len(ctx.datamodule.split("test")) else "train"
+        split = held_out_split(ctx.datamodule)
         n = min(self.columns * self.pairs, len(ctx.datamodule.split(split)))
         rows = n // self.columns
         if rows == 0:

@@ -5,20 +5,27 @@ Never imports Lightning, models or callbacks; callbacks compose these functions.
 
 from genbench.metrics.cache import cached_features
 from genbench.metrics.features import (
+    FeatureExtractor,
     InceptionWeightsUnavailable,
     MetricProtocol,
     extract_features,
     inception_extractor,
     load_inception,
+    pixel_features,
     to_inception_input,
     write_random_inception_weights,
 )
 from genbench.metrics.frechet import feature_statistics, fid_from_features, frechet_distance
 from genbench.metrics.kid import KIDResult, kernel_inception_distance
-from genbench.metrics.neighbours import memorisation_ratio, nearest_neighbours
+from genbench.metrics.neighbours import (
+    memorisation_ratio,
+    memorisation_ratio_of_distances,
+    nearest_neighbours,
+)
 from genbench.metrics.precision_recall import PrecisionRecall, precision_recall
 
 __all__ = [
+    "FeatureExtractor",
     "InceptionWeightsUnavailable",
     "KIDResult",
     "MetricProtocol",
@@ -32,7 +39,9 @@ __all__ = [
     "kernel_inception_distance",
     "load_inception",
     "memorisation_ratio",
+    "memorisation_ratio_of_distances",
     "nearest_neighbours",
+    "pixel_features",
     "precision_recall",
     "to_inception_input",
     "write_random_inception_weights",

@@ -1,10 +1,11 @@
-"""Feature extraction for FID/KID/precision-recall: batching, the Inception input format, and the weights.
+"""Feature extractors for FID/KID/precision-recall, neighbours and path length: one description of a feature map
+(:class:`FeatureExtractor`), batching, the Inception input format, and the Inception weights.
 
 The Inception network is torch-fidelity's ``FeatureExtractorInceptionV3`` (the TF-1.x-compatible port that
 published FIDs use): it takes uint8 RGB (N, 3, H, W) in 0..255 and resizes to 299 itself with a bilinear
-resizer that mimics TensorFlow 1.x. Its weights are never bundled; ``load_inception`` finds them or says
-exactly where to put them. torch-fidelity is imported lazily because it pulls in torchvision and takes
-seconds to import.
+resizer that mimics TensorFlow 1.x. Its weights are never bundled; ``load_inception`` finds them through
+genbench's one weight resolver (``genbench.weights``) or says exactly where to put them. torch-fidelity is
+imported lazily because it pulls in torchvision and takes seconds to import.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from genbench.errors import UserError
-from genbench.io import atomic_path, torch_save
+from genbench.io import torch_save
+from genbench.weights import WeightsFile, WeightsNotFound, hub_cache_dir, resolve_weights
 
 if TYPE_CHECKING:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -34,11 +35,49 @@ PYTORCH_FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_FEATURE = "2048"  # pool3 features, the ones FID and KID are defined on
 INCEPTION_EXTRACTOR = "torch-fidelity inception-v3-compat pool3 (2048)"
 INCEPTION_RESIZER = "torch-fidelity bilinear, TF1.x-compatible, to 299x299"
-WEIGHTS_CONFIG_KEY = "eval.inception.weights_path"
+INCEPTION_CONFIG_NODE = "eval.inception"
+WEIGHTS_CONFIG_KEY = f"{INCEPTION_CONFIG_NODE}.weights_path"
+PIXELS_DESCRIPTION = "pixels: the C x H x W values in [0, 1]"
 
 
-class InceptionWeightsUnavailable(UserError, FileNotFoundError):
+class InceptionWeightsUnavailable(WeightsNotFound):
     """The InceptionV3 weights are neither at the configured path nor in the torch hub cache, nor downloadable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureExtractor:
+    """A ready feature map and what a protocol record says about it: the one abstraction every evaluator that
+    compares images in a feature space uses (generative metrics, neighbours, path length).
+
+    ``extract``: images (N, C, H, W) in [0, 1] on the device -> features (N, F). ``name``: the metric suffix
+    ("classifier", "inception", "pixels"). ``digest`` identifies the weights (part of every feature-cache key);
+    None when the map cannot be identified, and its features are then never cached. ``scalars``: sampler-
+    independent extras for metrics.json (the classifier's test accuracy).
+    """
+
+    name: str
+    extract: Callable[[Tensor], Tensor]
+    description: str  # the protocol's ``feature_extractor``
+    resizer: str = "none"  # the protocol's ``resizer``
+    digest: str | None = None
+    scalars: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.extract(images)
+
+    @property
+    def cache_id(self) -> str | None:
+        """``<name>:<digest>``, the ``extractor`` entry of feature-cache keys; None when not cacheable."""
+        return None if self.digest is None else f"{self.name}:{self.digest}"
+
+
+def pixel_features() -> FeatureExtractor:
+    """The images themselves, flattened (N, C*H*W): the extractor that needs no weights."""
+    return FeatureExtractor("pixels", _flatten, PIXELS_DESCRIPTION, digest="none")
+
+
+def _flatten(images: Tensor) -> Tensor:
+    return images.flatten(1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +134,21 @@ def to_inception_input(images: Tensor) -> Tensor:
 
 def inception_cache_dir() -> Path:
     """Where torch-fidelity's ``load_state_dict_from_url`` keeps the weights: ``$TORCH_HOME/hub/checkpoints``."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    return hub_cache_dir()
+
+
+def inception_weights() -> WeightsFile:
+    """The Inception weight file, for ``genbench.weights.resolve_weights``."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return WeightsFile(
+        what="InceptionV3 (FID)",
+        filename=INCEPTION_WEIGHTS_FILE,
+        url=URL_INCEPTION_V3,
+        config_node=INCEPTION_CONFIG_NODE,
+        aliases=(PYTORCH_FID_WEIGHTS_FILE,),
+        alternative="Without them the *_inception metrics are skipped.",
+    )
 
 
 def load_inception(
@@ -103,37 +156,16 @@ def load_inception(
 ) -> FeatureExtractorInceptionV3:
     """torch-fidelity's InceptionV3 in eval mode, returning pool3 features (``INCEPTION_FEATURE``).
 
-    Resolution: an explicit ``weights_path`` must exist (a configured path that is missing is an error,
-    not a reason to look elsewhere); otherwise the torch hub cache under either file name; otherwise, if
-    ``download``, torch-fidelity's release URL into that cache. Anything else raises
-    ``InceptionWeightsUnavailable`` saying which file to put where.
+    Weights from ``genbench.weights.resolve_weights``: an explicit ``weights_path`` must exist; else the torch hub
+    cache under either file name; else, if ``download``, torch-fidelity's release URL into that cache. Anything else
+    raises ``InceptionWeightsUnavailable`` saying which file to put where.
     """
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    cache = inception_cache_dir()
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise InceptionWeightsUnavailable(
-                _missing_message(f"{WEIGHTS_CONFIG_KEY}={path} does not exist. ")
-            )
-    else:
-        found = [
-            cache / name
-            for name in (INCEPTION_WEIGHTS_FILE, PYTORCH_FID_WEIGHTS_FILE)
-            if (cache / name).is_file()
-        ]
-        path = found[0] if found else cache / INCEPTION_WEIGHTS_FILE
-        if not found:
-            if not download:
-                raise InceptionWeightsUnavailable(
-                    _missing_message("Not in the torch hub cache; download is off. ")
-                )
-            try:
-                with atomic_path(path) as tmp:  # a broken download never leaves a half file in the cache
-                    torch.hub.download_url_to_file(URL_INCEPTION_V3, str(tmp), progress=False)
-            except OSError as exc:  # URLError and HTTPError are OSErrors
-                raise InceptionWeightsUnavailable(_missing_message(f"Download failed ({exc}). ")) from exc
+    try:
+        path = resolve_weights(inception_weights(), weights_path, download)
+    except WeightsNotFound as exc:
+        raise InceptionWeightsUnavailable(str(exc)) from exc
     log.info("loading InceptionV3 weights from %s", path)
     return FeatureExtractorInceptionV3(
         "inception-v3-compat", [INCEPTION_FEATURE], feature_extractor_weights_path=str(path)
@@ -175,13 +207,3 @@ def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
             )
     torch_save(graph.state_dict(), path)  # atomic: never a half file under the real weights' name
     return Path(path)
-
-
-def _missing_message(reason: str) -> str:
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
-    return (
-        f"InceptionV3 weights unavailable. {reason}"
-        f"Put {INCEPTION_WEIGHTS_FILE} (pytorch-fid's {PYTORCH_FID_WEIGHTS_FILE} is the same file) in "
-        f"{inception_cache_dir()}/, or set {WEIGHTS_CONFIG_KEY} to its path. Download it from {URL_INCEPTION_V3}"
-    )

@@ -1,16 +1,19 @@
-"""Kernel Inception Distance (Binkowski et al. 2018, "Demystifying MMD GANs").
+"""Kernel Inception Distance (Binkowski et al. 2018, "Demystifying MMD GANs"), by torch-fidelity.
 
-Unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3, averaged over random subsets.
-Unlike FID it has an unbiased estimator, so values from different sample sizes are comparable. Subsets are
-drawn with numpy's ``RandomState(seed).choice`` in torch-fidelity's order, so for the same features, seed and
-subset parameters the numbers equal torch-fidelity's.
+Unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3, averaged over random subsets
+(torch-fidelity 0.4's ``kid_features_to_metric``: numpy ``RandomState(seed).choice`` draws, set 1 then set 2).
+Unlike FID it has an unbiased estimator, so values from different sample sizes are comparable. genbench hands the
+features over as float64 (torch-fidelity computes the kernels in the features' dtype) and returns a named pair.
+
+Measured against genbench's former torch implementation (float64 kernels, the same draws) on 10,000 x 10,000 random
+features, 100 subsets of 1,000, 2 threads on a 2-core CPU shared with other jobs (load 7-12, so absolute times are
+inflated): D = 128 4.9 s (own 20.4 s), D = 2048 85.3 s (own 107.1 s); equal to 1e-12.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,19 +25,6 @@ class KIDResult(NamedTuple):
     std: float
 
 
-def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, coef0: float = 1.0) -> Tensor:
-    """k(x, y) = (x.y / D + coef0)^degree for x (N, D), y (M, D) -> (N, M)."""
-    return (x @ y.T / x.shape[1] + coef0) ** degree
-
-
-def mmd2_unbiased(k_xx: Tensor, k_xy: Tensor, k_yy: Tensor) -> Tensor:
-    """Unbiased MMD^2 from kernel matrices of two equal-size samples (m, m); the diagonals of K_XX, K_YY are dropped."""
-    m = k_xx.shape[0]
-    sum_xx = k_xx.sum() - k_xx.diagonal().sum()
-    sum_yy = k_yy.sum() - k_yy.diagonal().sum()
-    return (sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m)
-
-
 def kernel_inception_distance(
     features_1: Tensor,
     features_2: Tensor,
@@ -44,8 +34,10 @@ def kernel_inception_distance(
 ) -> KIDResult:
     """KID between feature sets (N1, D) and (N2, D): MMD^2 on ``num_subsets`` subsets of ``subset_size`` each.
 
-    Defaults are torch-fidelity's (100 subsets of 1000, seed 2020). Computed in float64 on the inputs' device.
+    Defaults are torch-fidelity's (100 subsets of 1000, seed 2020); its order of arguments is generated first.
     """
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
     n1, n2 = features_1.shape[0], features_2.shape[0]
     if features_1.shape[1:] != features_2.shape[1:] or features_1.dim() != 2:
         raise ValueError(
@@ -53,15 +45,16 @@ def kernel_inception_distance(
         )
     if subset_size < 2 or subset_size > min(n1, n2):
         raise ValueError(f"KID subset size {subset_size} must be in [2, min(N1, N2) = {min(n1, n2)}]")
-    x_all = features_1.to(torch.float64)  # (N1, D)
-    y_all = features_2.to(torch.float64)  # (N2, D)
-    rng = np.random.RandomState(seed)
-    mmds = np.zeros(num_subsets)
-    for i in range(num_subsets):
-        # Draw order matches torch-fidelity: set 1 then set 2, without replacement.
-        x = x_all[torch.from_numpy(rng.choice(n1, subset_size, replace=False)).to(x_all.device)]  # (m, D)
-        y = y_all[torch.from_numpy(rng.choice(n2, subset_size, replace=False)).to(y_all.device)]  # (m, D)
-        mmds[i] = mmd2_unbiased(
-            polynomial_kernel(x, x), polynomial_kernel(x, y), polynomial_kernel(y, y)
-        ).item()
-    return KIDResult(mean=float(mmds.mean()), std=float(mmds.std()))
+    out = kid_features_to_metric(
+        features_1.detach().to("cpu", torch.float64),
+        features_2.detach().to("cpu", torch.float64),
+        kid_subsets=num_subsets,
+        kid_subset_size=subset_size,
+        rng_seed=seed,
+        kid_kernel="poly",  # pinned, not left to the library's defaults: (x.y / D + 1)^3
+        kid_kernel_poly_degree=3,
+        kid_kernel_poly_gamma=None,  # 1 / D
+        kid_kernel_poly_coef0=1,
+        verbose=False,
+    )
+    return KIDResult(mean=float(out[KEY_METRIC_KID_MEAN]), std=float(out[KEY_METRIC_KID_STD]))

@@ -4,10 +4,10 @@ Incremental GLO (Helman, Zingerman & Schreiber, 2019) clusters the training imag
 2048-d output of the last pooling layer) and trains with a perceptual loss on VGG16 features (the end of each
 block, relu1_2 ... relu5_3). ``PixelFeatures`` has the same interface and needs no weights (the offline setting).
 
-- Weights: ``weights_path`` when given; else torchvision's cache, ``torch.hub.get_dir()/checkpoints/<file>``
-  (``$TORCH_HOME/hub/checkpoints``, where ``torchvision.models.<arch>(weights=...)`` stores them), downloaded there
-  only with ``download=True``. A missing file fails at construction, i.e. at start-up, with ``WeightsNotFound``
-  naming the file, where to put it, and the weight-free alternative.
+- Weights: found by ``genbench.weights.resolve_weights`` (genbench's one resolver): ``weights_path`` when given;
+  else torchvision's cache, ``torch.hub.get_dir()/checkpoints/<file>``, downloaded there only with
+  ``download=True``. A missing file fails at construction, i.e. at start-up, with ``WeightsNotFound`` naming the
+  file, where to put it, and the weight-free alternative.
 - Frozen: ``freeze`` turns the weights into non-persistent buffers. They move with the model that holds the net,
   never get gradients or optimiser state, and are never written to its checkpoints (they come from the file).
   The nets stay in eval mode whatever the model's mode.
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from genbench.errors import UserError
+from genbench.weights import WeightsFile, WeightsNotFound, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Ends of VGG16's five blocks in ``vgg16().features``: the ReLU before each max-pool (relu1_2 ... relu5_3).
 VGG16_BLOCK_ENDS = (4, 9, 16, 23, 30)
-
-
-class WeightsNotFound(UserError, FileNotFoundError):
-    """Pretrained weights are missing. The message names the file, where to put it and the alternative."""
+PRETRAINED_FALLBACK = (
+    "Without pretrained weights choose model/features=pixels and model/image_loss=pixel: the run then records "
+    "that it did not use the report's setting."
+)
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -51,43 +51,18 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def weights_file(
-    weights: torchvision.models.WeightsEnum, weights_path: str | None, download: bool, config_key: str
+def imagenet_weights(
+    weights: torchvision.models.WeightsEnum, weights_path: str | None, download: bool, config_node: str
 ) -> Path:
-    """The local file holding ``weights``: ``weights_path``, else torchvision's cache (downloaded if allowed)."""
-    filename = Path(urlparse(weights.url).path).name
-    fallback = (
-        "Without pretrained weights choose model/features=pixels and model/image_loss=pixel: the run then records "
-        "that it did not use the report's setting."
+    """The local file holding torchvision's ImageNet ``weights``, found by genbench's one resolver."""
+    spec = WeightsFile(
+        what="ImageNet",
+        filename=Path(urlparse(weights.url).path).name,
+        url=weights.url,
+        config_node=config_node,
+        alternative=PRETRAINED_FALLBACK,
     )
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise WeightsNotFound(
-                f"{config_key}.weights_path={path}: no such file. Put the ImageNet weights {filename} (from "
-                f"{weights.url}) there, or set {config_key}.weights_path=null to use torchvision's cache. {fallback}"
-            )
-        return path
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    if cached.is_file():
-        return cached
-    where = (
-        f"Copy {filename} (from {weights.url}) into {cached.parent} (torchvision's cache, $TORCH_HOME/hub/"
-        f"checkpoints), or set {config_key}.weights_path=/path/to/{filename}"
-    )
-    if not download:
-        raise WeightsNotFound(
-            f"ImageNet weights not found: {cached}. {where}, or set {config_key}.download=true where the "
-            f"network allows. {fallback}"
-        )
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(weights.url, str(cached), progress=False)
-    except OSError as exc:  # URLError is an OSError: no network, DNS failure, refused, read-only cache
-        raise WeightsNotFound(
-            f"could not download {weights.url} to {cached} ({exc}). {where}. {fallback}"
-        ) from exc
-    return cached
+    return resolve_weights(spec, weights_path, download)
 
 
 def load_weights(net: nn.Module, path: Path) -> None:
@@ -134,7 +109,7 @@ class ResNet50Features(_Frozen):
         super().__init__(resize)
         weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1  # torchvision's original (2017) weights
         net = torchvision.models.resnet50(weights=None)
-        load_weights(net, weights_file(weights, weights_path, download, "model.features"))
+        load_weights(net, imagenet_weights(weights, weights_path, download, "model.features"))
         net.fc = nn.Identity()
         self.net = freeze(net)
 
@@ -159,7 +134,7 @@ class VGG16Blocks(_Frozen):
             raise ValueError(f"n_blocks must be in 1..{len(VGG16_BLOCK_ENDS)}, got {n_blocks}")
         weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1
         net = torchvision.models.vgg16(weights=None)
-        load_weights(net, weights_file(weights, weights_path, download, "model.image_loss.network"))
+        load_weights(net, imagenet_weights(weights, weights_path, download, "model.image_loss.network"))
         starts = (0, *VGG16_BLOCK_ENDS[: n_blocks - 1])
         self.blocks = freeze(
             nn.ModuleList(net.features[a:b] for a, b in zip(starts, VGG16_BLOCK_ENDS[:n_blocks], strict=True))
@@ -189,5 +164,5 @@ __all__ = [
     "VGG16Blocks",
     "WeightsNotFound",
     "freeze",
-    "weights_file",
+    "imagenet_weights",
 ]
