@@ -306,8 +306,8 @@ def test_neighbours_png_caption_blocks_divider_distances_and_size(digits, tmp_pa
         width == lefts[-1] + 4 * (CELL + 2) and height > 3 * neighbour_row_height() + 40
     )  # + caption, titles
     (caption,) = [c for c in captions if c.startswith("nearest training images")]
-    assert "pixel space (left block)" in caption and "weighted feature space (right block)" in caption
-    assert "model sample" in caption and "distance" in caption
+    assert "pixel space (middle block)" in caption and "weighted feature space (right block)" in caption
+    assert "Left column: a model sample" in caption and "L2 distance" in caption
     assert (
         labels[:1] == ["sample"] and "pixel space (L2)" in labels and "weighted feature space (L2)" in labels
     )

@@ -223,15 +223,15 @@ class NearestNeighbours:
             title = f"{extractor.name} feature space (L2)"
             blocks.append(NeighbourBlock(title, self._train_images(ctx, train, index), distances))
             timed["feature neighbours"] = time.perf_counter() - started
+        spaces = (
+            f"in pixel space (middle block) and in {extractor.name} feature space (right block)"
+            if extractor is not None
+            else "in pixel space"
+        )
         caption = (
-            f"nearest training images: each row is a model sample ({ctx.model.sampler_name} sampler), then its "
-            f"{self.k} nearest of the {len(train)} training images, nearest first, in "
-            + (
-                f"pixel space (left block) and in {extractor.name} feature space (right block). "
-                if extractor is not None
-                else "pixel space. "
-            )
-            + "Under each neighbour: its L2 distance to the sample."
+            f"nearest training images. Left column: a model sample ({ctx.model.sampler_name} sampler); then its "
+            f"{self.k} nearest of the {len(train)} training images, nearest first, {spaces}. The number under each "
+            "neighbour is its L2 distance to the sample."
         )
         picture = render_neighbours(samples[: self.rows], blocks, caption, self.min_cell)
         save_picture(ctx, "neighbours", picture)
