@@ -301,3 +301,24 @@ def test_training_chunks_keep_small_splits_and_stream_large_ones(digits):
     first, second = list(large), list(large)
     assert not any(a is b for a, b in zip(first, second, strict=True))
     assert torch.equal(torch.cat(second), train)
+
+
+def test_draw_samples_is_one_generator_in_batches_and_held_out_split_falls_back_to_train(digits):
+    from types import SimpleNamespace
+
+    from genbench.evaluators.base import EvalContext
+    from genbench.evaluators.sampling import held_out_split, sample_batches
+
+    model = small_vae().eval()
+    ctx = EvalContext(model, digits, None, torch.device("cpu"), seed=3)
+    with torch.no_grad():
+        drawn = draw_samples(ctx, 70, 32, offset=SAMPLE_OFFSET)
+        sizes = [len(b) for b in sample_batches(ctx, 70, 32, ctx.generator(SAMPLE_OFFSET))]
+        generator, direct = ctx.generator(SAMPLE_OFFSET), []
+        for size in (32, 32, 6):
+            direct.append(model.sample(size, generator=generator))
+    assert drawn.shape == (70, 1, SIZE, SIZE) and sizes == [32, 32, 6]
+    assert torch.equal(drawn, torch.cat(direct))  # the same draws as one generator used batch by batch
+    assert held_out_split(digits) == "test"
+    no_test = SimpleNamespace(split=lambda name: [] if name == "test" else [0])
+    assert held_out_split(no_test) == "train" and held_out_split(digits, "train") == "train"
