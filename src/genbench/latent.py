@@ -1,15 +1,19 @@
 """Code projections and latent samplers that work on any model's codes (pure torch, no Lightning).
 
-A sampler is an ``nn.Module`` whose state (fitted mean, covariance, IMLE mapper) lives in buffers and parameters,
-so it is saved with the model that holds it. ``fit(codes)`` learns from codes (N, D); ``sample(n)`` returns (n, D)
-codes, projected like the codes they were fitted to (an unprojected draw would leave the region the decoder saw).
+A sampler is an ``nn.Module`` whose state (fitted mean, covariance, mixture, IMLE mapper) lives in buffers and
+parameters, so it is saved with the model that holds it and a fitted sampler restores from a checkpoint exactly.
+``fit(codes)`` learns from codes (N, D) of any model (GLO's table, a VAE's encoder means, ALAE's W); ``sample(n)``
+returns (n, D) codes, projected like the codes they were fitted to (an unprojected draw would leave the region the
+decoder saw). "Ex-post density estimation": the sampler is fitted after training, apart from the model.
 
 - ``NormalSampler``: N(0, I) (the GLO post's first option); nothing to fit.
 - ``DiagonalGaussianSampler``: per-dimension mean and variance of the codes (the GLO post).
 - ``GaussianSampler``: full-covariance Gaussian fitted to the codes (Bojanowski et al., 2018).
-- ``IMLESampler``: GLANN's mapper (Hoshen, Li & Malik, CVPR 2019): an MLP T from noise e (dim 32) to code space,
-  trained by implicit maximum likelihood: each epoch draw many e, match every code z_i to its nearest T(e_j) and
-  minimise sum_i ||z_i - T(e_nn(i))||^2.
+- ``GaussianMixtureSampler`` (``genbench.gmm``): k full or diagonal Gaussians fitted by batched EM.
+- ``IMLESampler`` (``genbench.imle``): GLANN's mapper from noise to codes, trained by implicit maximum likelihood.
+
+A long fit (IMLE, the mixture) polls ``should_stop()`` and raises :class:`SamplerFitInterrupted` when it returns
+True, leaving the sampler unfitted, so a caller can checkpoint and exit with 128 + the signal.
 
 Samplers are built from config as partials (``conf/model/sampler/*.yaml``) completed with the latent size and the
 projection by the model that owns them.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +53,13 @@ def _noise(n: int, dim: int, generator: torch.Generator | None, device: torch.de
     return torch.randn(n, dim, generator=generator, device=where).to(device)
 
 
+class SamplerFitInterrupted(Exception):
+    """A fit stopped because ``should_stop()`` returned True; the sampler is left unfitted."""
+
+
+StopCheck = Callable[[], bool] | None
+
+
 class LatentSampler(nn.Module, abc.ABC):
     """Base: ``fit(codes)`` then ``sample(n, generator)``. ``fitted`` is a buffer so checkpoints carry it."""
 
@@ -64,8 +76,11 @@ class LatentSampler(nn.Module, abc.ABC):
     def device(self) -> torch.device:
         return self.fitted.device
 
-    def fit(self, codes: Tensor, generator: torch.Generator | None = None) -> None:
-        """Learn from codes (N, D). The base sampler has nothing to learn."""
+    def fit(
+        self, codes: Tensor, generator: torch.Generator | None = None, should_stop: StopCheck = None
+    ) -> None:
+        """Learn from codes (N, D). The base sampler has nothing to learn. A fit that takes long polls
+        ``should_stop`` and raises :class:`SamplerFitInterrupted` when it returns True."""
         self.fitted.fill_(True)
 
     @abc.abstractmethod
@@ -102,7 +117,9 @@ class DiagonalGaussianSampler(LatentSampler):
         self.register_buffer("mean", torch.zeros(latent_dim))
         self.register_buffer("std", torch.ones(latent_dim))
 
-    def fit(self, codes: Tensor, generator: torch.Generator | None = None) -> None:
+    def fit(
+        self, codes: Tensor, generator: torch.Generator | None = None, should_stop: StopCheck = None
+    ) -> None:
         codes = codes.detach().double()
         self.mean.copy_(codes.mean(dim=0))
         self.std.copy_(codes.std(dim=0))
@@ -124,7 +141,9 @@ class GaussianSampler(LatentSampler):
         self.register_buffer("cov", torch.eye(latent_dim))
         self.register_buffer("scale_tril", torch.eye(latent_dim))
 
-    def fit(self, codes: Tensor, generator: torch.Generator | None = None) -> None:
+    def fit(
+        self, codes: Tensor, generator: torch.Generator | None = None, should_stop: StopCheck = None
+    ) -> None:
         codes = codes.detach().double()  # (N, D); float64 so the Cholesky of a near-singular cov is stable
         mean = codes.mean(dim=0)
         centred = codes - mean
@@ -141,7 +160,7 @@ class GaussianSampler(LatentSampler):
         return self.mean + _noise(n, self.latent_dim, generator, self.device) @ self.scale_tril.T
 
 
-# -- IMLE (GLANN) -----------------------------------------------------------------------------------------------------
+# -- nearest neighbours (IMLE matching, code inversion) ---------------------------------------------------------------
 
 
 def nearest_neighbours(queries: Tensor, keys: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
@@ -154,100 +173,27 @@ def nearest_neighbours(queries: Tensor, keys: Tensor, chunk: int = 4096) -> tupl
     return dist[:, 0], index[:, 0]
 
 
-class IMLESampler(LatentSampler):
-    """GLANN's IMLE mapper T: noise e (noise_dim) -> code space, x = G(T(e)).
+def __getattr__(name: str):
+    """The samplers with modules of their own, importable from here too (lazily: they import this module)."""
+    if name == "IMLESampler":
+        from genbench.imle import IMLESampler
 
-    Per epoch: draw ``draws_per_code`` x N noise vectors, map them, find every code's nearest mapped draw (in
-    batches on the device), then one pass of minibatch Adam on ||z_i - T(e_nn(i))||^2 over the codes. GLANN's
-    mapper (yedidh/glann icp.py) has two hidden layers of 128 with batch norm, draws 2 per code, Adam 1e-3 with
-    betas (0.5, 0.999), batch 128, halves the rate every 50 epochs; this one drops the batch norm so that a draw
-    does not depend on the train/eval mode or on the batch it is in.
-    """
+        return IMLESampler
+    if name == "GaussianMixtureSampler":
+        from genbench.gmm import GaussianMixtureSampler
 
-    name = "imle"
-
-    def __init__(
-        self,
-        latent_dim: int,
-        projection: str = "none",
-        noise_dim: int = 32,
-        hidden: int = 128,
-        epochs: int = 50,
-        lr: float = 1e-3,
-        batch_size: int = 128,
-        draws_per_code: int = 2,
-        decay_every: int = 50,
-        decay: float = 0.5,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(latent_dim, projection)
-        self.noise_dim, self.epochs, self.lr, self.batch_size = noise_dim, epochs, lr, batch_size
-        self.draws_per_code, self.seed = draws_per_code, seed
-        self.decay_every, self.decay = decay_every, decay
-        self.mapper = nn.Sequential(
-            nn.Linear(noise_dim, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, latent_dim),
-        )
-
-    def draw(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.mapper(_noise(n, self.noise_dim, generator, self.device))
-
-    def _mapped(self, noise: Tensor, chunk: int = 65536) -> Tensor:
-        """Projected T(e) for many noise vectors (M, noise_dim), without building a graph."""
-        with torch.no_grad():
-            return torch.cat([project(self.mapper(e), self.projection) for e in noise.split(chunk)])
-
-    def matching_loss(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The IMLE objective on fresh draws: mean_i min_j ||z_i - T(e_j)||^2, with draws_per_code x N draws."""
-        noise = _noise(self.draws_per_code * codes.shape[0], self.noise_dim, generator, self.device)
-        return nearest_neighbours(codes.detach().to(self.device), self._mapped(noise))[0].mean()
-
-    def fit(self, codes: Tensor, generator: torch.Generator | None = None) -> None:
-        codes = codes.detach().to(self.device).float()  # (N, D)
-        if generator is None:
-            generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        n = codes.shape[0]
-        batch = min(self.batch_size, n)
-        with torch.inference_mode(False), torch.enable_grad():
-            was_training = self.mapper.training
-            self.mapper.train()
-            for epoch in range(self.epochs):
-                lr = self.lr * self.decay ** (epoch // self.decay_every) if self.decay_every else self.lr
-                # A fresh optimiser each epoch, as in GLANN (its moments would be stale after the new matching).
-                opt = torch.optim.Adam(self.mapper.parameters(), lr=lr, betas=(0.5, 0.999))
-                noise = _noise(self.draws_per_code * n, self.noise_dim, generator, self.device)  # (M, e)
-                dist, match = nearest_neighbours(codes, self._mapped(noise))
-                matched = noise[match]  # (N, e): each code's nearest draw
-                order = torch.randperm(n, generator=generator, device=generator.device).to(self.device)
-                for start in range(0, n - batch + 1, batch):
-                    i = order[start : start + batch]
-                    loss = (
-                        (codes[i] - project(self.mapper(matched[i]), self.projection))
-                        .pow(2)
-                        .sum(dim=1)
-                        .mean()
-                    )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == self.epochs:
-                    log.info(
-                        "imle epoch %d/%d: matching loss %.4g", epoch + 1, self.epochs, float(dist.mean())
-                    )
-            self.mapper.train(was_training)
-        self.fitted.fill_(True)
+        return GaussianMixtureSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "PROJECTIONS",
     "DiagonalGaussianSampler",
     "GaussianSampler",
-    "IMLESampler",
     "LatentSampler",
     "NormalSampler",
+    "SamplerFitInterrupted",
+    "StopCheck",
     "nearest_neighbours",
     "project",
 ]

@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time the default evaluation of VAE and GLO on real MNIST (needs --data-root or GENBENCH_DATA)",
     )
+    p.add_argument(
+        "--imle",
+        action="store_true",
+        help="only GLANN's IMLE fit on 60k MNIST codes (--data-root or GENBENCH_DATA; else synthetic codes)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny: size 28, batch 32, 3 steps, 128 eval images")
     p.add_argument("--out", default="bench.json", help="where to write the results (default bench.json)")
     args = p.parse_args(argv)
@@ -82,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.imle:
+        return _imle(args)
     from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
     from genbench.bench.suite import run
@@ -98,5 +105,24 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
     write_json(args.out, result)
     print(format_tables(result))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def _imle(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from genbench.bench.imle import bench_imle, format_imle
+    from genbench.io import write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    root = args.data_root or os.environ.get("GENBENCH_DATA")
+    result = bench_imle(root, device, epochs=2 if args.quick else 50)
+    write_json(args.out, {"imle": result})
+    print(format_imle(result))
     print(f"\nwrote {args.out}")
     return 0
