@@ -152,7 +152,10 @@ class PathLength:
         model = ctx.model
         sample_codes: Callable[..., Tensor] | None = getattr(model, "sample_codes", None)
         if callable(sample_codes):
-            return sample_codes(n, generator=generator), f"model.sample_codes ({model.sampler_name})"
+            try:
+                return sample_codes(n, generator=generator), f"model.sample_codes ({model.sampler_name})"
+            except NotImplementedError:  # the contract's default: this model does not expose its prior codes
+                pass
         sampler = getattr(model, "sampler", None)
         if isinstance(sampler, LatentSampler):
             model.sample(
