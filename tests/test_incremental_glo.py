@@ -22,7 +22,8 @@ from genbench import curriculum
 from genbench.data import ImageDataModule
 from genbench.data.sources import DigitsSource
 from genbench.latent import GaussianSampler
-from genbench.models.incremental_glo import IncrementalGLO, stage_at
+from genbench.models.incremental_glo import IncrementalGLO, StageLosses, stage_at
+from genbench.models.incremental_glo.settings import settings
 from genbench.nets.dcgan import DCGANEncoder, DCGANGenerator
 from genbench.nets.pretrained import PixelFeatures, WeightsNotFound, freeze
 from genbench.perceptual import PerceptualLoss, PixelLoss, perceptual_distance
@@ -36,7 +37,21 @@ def digits(cache_dir: Path, seed: int = 0) -> ImageDataModule:
     )  # fmt: skip
 
 
+GROUPS = {
+    "curriculum": {"n_stages", "n_clusters", "k_representatives", "pca_dim", "feature_batch_size", "file"},
+    "stages": {"subset_epochs", "final_epochs", "encoder_epochs"},
+    "stage_losses": {
+        "previous_batch_size", "current_batch_size", "previous_weight", "current_weight", "clean_weight",
+        "continuity_weight", "continuity_sigma",
+    },
+    "encoder_fit": {"lr", "l1_weight", "l2_weight"},
+}  # fmt: skip
+FLAT_NAMES = {"curriculum_file": "file", "lr_encoder": "lr", "encoder_l1_weight": "l1_weight",
+              "encoder_l2_weight": "l2_weight"}  # fmt: skip
+
+
 def small_model(**overrides) -> IncrementalGLO:
+    """A tiny model; settings of the grouped sub-configs may be given flat (n_stages=1, lr_encoder=3e-3)."""
     settings = dict(
         generator=partial(DCGANGenerator, channels=1, image_size=16, width=8),
         encoder=partial(DCGANEncoder, channels=1, image_size=16, width=8),
@@ -55,7 +70,13 @@ def small_model(**overrides) -> IncrementalGLO:
         current_batch_size=16,
         lr_codes=1e-2,
     )
-    return IncrementalGLO(**{**settings, **overrides})
+    grouped: dict[str, dict] = {group: {} for group in GROUPS}
+    flat = {}
+    for key, value in {**settings, **overrides}.items():
+        name = FLAT_NAMES.get(key, key)
+        group = next((g for g, names in GROUPS.items() if name in names and key != "lr"), None)
+        (grouped[group] if group else flat)[name if group else key] = value
+    return IncrementalGLO(**flat, **grouped)
 
 
 def cpu_trainer(**kwargs) -> pl.Trainer:
@@ -159,8 +180,10 @@ def test_stage_k_trains_its_subset_and_leaves_earlier_codes_frozen(cache):
 @pytest.mark.parametrize("sigma", [0.25, 0.0])
 def test_continuity_term_uses_the_configured_sigma(cache, sigma):
     """The whole-set stage feeds G [z, z + eps]: eps is read off G's input and its spread compared with sigma."""
-    model = small_model(n_stages=1, subset_epochs=0, final_epochs=1, encoder_epochs=0, latent_dim=16)
-    model.continuity_sigma = sigma
+    model = small_model(
+        n_stages=1, subset_epochs=0, final_epochs=1, encoder_epochs=0, latent_dim=16, continuity_sigma=sigma
+    )
+    assert model.stage_losses.continuity_sigma == sigma
     inputs = []
     model.generator.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach().clone()))
     cpu_trainer(max_epochs=1, limit_train_batches=2).fit(model, digits(cache))
@@ -327,15 +350,19 @@ def test_default_config_builds_and_records_the_fallback_setting(tmp_path):
     model = instantiate(cfg.model)
     assert isinstance(model, IncrementalGLO) and model.sampler_name == "gaussian"
     assert model.setting == {"features": "pixels", "image_loss": "l2+lap1", "report_setting": False}
-    assert cfg.model.curriculum_file == f"{tmp_path}/curriculum.json"
+    assert cfg.model.curriculum.file == f"{tmp_path}/curriculum.json"
     assert [s.name for s in model.stages] == ["subset1", "subset2", "whole", "encoder"]
     assert sum(s.epochs for s in model.stages) == cfg.trainer.max_epochs
+    with pytest.raises(ValueError, match="StageLosses has no setting continuity; known: clean_weight"):
+        settings(StageLosses, {"continuity": 0.5})
     for name in ("glo", "no_continuity", "continuity"):
         fig4 = compose_config([f"experiment=incremental_glo_fig4_{name}"], tmp_path)
         assert (
-            fig4.data.name == "frogs" and fig4.trainer.max_epochs == 2001 and fig4.model.encoder_epochs == 0
+            fig4.data.name == "frogs"
+            and fig4.trainer.max_epochs == 2001
+            and fig4.model.stages.encoder_epochs == 0
         )
-        assert fig4.model.continuity_weight == (0.7 if name == "continuity" else 0.0)
+        assert fig4.model.stage_losses.continuity_weight == (0.7 if name == "continuity" else 0.0)
 
 
 # -- DDP ----------------------------------------------------------------------------------------------------------
@@ -372,8 +399,9 @@ dm = ImageDataModule(name="digits", source=DigitsSource, root=None, image_size=1
                      cache_dir=out + "/cache")
 model = IncrementalGLO(
     partial(DCGANGenerator, channels=1, image_size=16, width=8), partial(DCGANEncoder, channels=1, image_size=16, width=8),
-    partial(GaussianSampler), PixelFeatures(), PixelLoss(), latent_dim=8, n_clusters=8, k_representatives=4, pca_dim=16,
-    subset_epochs=1, final_epochs=1, encoder_epochs=1)
+    partial(GaussianSampler), PixelFeatures(), PixelLoss(), latent_dim=8,
+    curriculum=dict(n_clusters=8, k_representatives=4, pca_dim=16),
+    stages=dict(subset_epochs=1, final_epochs=1, encoder_epochs=1))
 trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=4, limit_train_batches=3, logger=False,
                      enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                      enable_checkpointing=False, callbacks=[Record()])

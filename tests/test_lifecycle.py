@@ -35,7 +35,7 @@ SMALL = {
     "vae": [],
     "mmd_vae": [],
     "alae": ["experiment=alae_tiny"],
-    "incremental_glo": ["model.subset_epochs=1", "model.final_epochs=1", "model.encoder_epochs=1"],
+    "incremental_glo": ["model.stages.subset_epochs=1", "model.stages.final_epochs=1", "model.stages.encoder_epochs=1"],
 }
 
 

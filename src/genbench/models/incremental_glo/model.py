@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,43 +43,19 @@ from genbench.data.batch import Batch
 from genbench.interface import GenerativeModel
 from genbench.io import write_json
 from genbench.latent import LatentSampler, project
+from genbench.models.incremental_glo.settings import (
+    Curriculum,
+    EncoderFit,
+    StageEpochs,
+    StageLosses,
+    settings,
+)
+from genbench.models.incremental_glo.stages import Stage, schedule, stage_at
 from genbench.nets.batchnorm import recalibrate_batch_norm
 from genbench.nets.pretrained import ResNet50Features, VGG16Blocks
 from genbench.perceptual import PerceptualLoss
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One phase of training: ``kind`` subset | whole | encoder; ``subset`` the subset trained (subset stages)."""
-
-    number: int  # 1-based position in the schedule, as logged in train/stage
-    name: str  # subset1 .. subsetN, whole, encoder
-    kind: str
-    subset: int
-    first_epoch: int
-    epochs: int
-
-
-def schedule(n_stages: int, subset_epochs: int, final_epochs: int, encoder_epochs: int) -> list[Stage]:
-    """The stages in order, with their epoch ranges; stages of zero epochs are kept (and skipped by ``stage_at``)."""
-    kinds = [(f"subset{s + 1}", "subset", s, subset_epochs) for s in range(n_stages)]
-    kinds += [("whole", "whole", -1, final_epochs), ("encoder", "encoder", -1, encoder_epochs)]
-    stages, first = [], 0
-    for number, (name, kind, subset, epochs) in enumerate(kinds, start=1):
-        stages.append(Stage(number, name, kind, subset, first, epochs))
-        first += epochs
-    return stages
-
-
-def stage_at(stages: list[Stage], epoch: int) -> Stage:
-    """The stage of ``epoch``; epochs past the schedule stay in its last non-empty stage."""
-    active = [s for s in stages if s.epochs > 0]
-    for stage in active:
-        if epoch < stage.first_epoch + stage.epochs:
-            return stage
-    return active[-1]
 
 
 def continuity_noise(z: Tensor, sigma: float) -> Tensor:
@@ -115,53 +90,46 @@ class IncrementalGLO(GenerativeModel):
         init: str = "pca",
         init_std: float = 1.0,
         projection: str = "none",
-        n_stages: int = 2,
-        n_clusters: int = 32,
-        k_representatives: int = 4,
-        pca_dim: int = 32,
-        feature_batch_size: int = 256,
-        subset_epochs: int = 1,
-        final_epochs: int = 2,
-        encoder_epochs: int = 2,
-        previous_batch_size: int = 35,
-        current_batch_size: int = 50,
-        previous_weight: float = 1.0,
-        current_weight: float = 1.0,
-        clean_weight: float = 1.0,
-        continuity_weight: float = 0.7,
-        continuity_sigma: float = 0.3,
+        curriculum: Curriculum | Mapping[str, Any] | None = None,
+        stages: StageEpochs | Mapping[str, Any] | None = None,
+        stage_losses: StageLosses | Mapping[str, Any] | None = None,
+        encoder_fit: EncoderFit | Mapping[str, Any] | None = None,
         lr_generator: float = 1e-3,
         lr_codes: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         code_bias_correction: str = "row",
-        lr_encoder: float = 1e-3,
-        encoder_l1_weight: float = 1.0,
-        encoder_l2_weight: float = 1.0,
         inversion_steps: int = 100,
         inversion_lr: float = 0.05,
-        curriculum_file: str | None = None,
     ) -> None:
         super().__init__()
-        if min(subset_epochs, final_epochs, encoder_epochs) < 0 or subset_epochs + final_epochs == 0:
+        self.curriculum = settings(Curriculum, curriculum)
+        self.stage_epochs = epochs = settings(StageEpochs, stages)
+        self.stage_losses = weights = settings(StageLosses, stage_losses)
+        self.encoder_fit = settings(EncoderFit, encoder_fit)
+        if min(epochs.subset_epochs, epochs.final_epochs, epochs.encoder_epochs) < 0 or (
+            epochs.subset_epochs + epochs.final_epochs == 0
+        ):
             raise ValueError(
                 "stage epochs must be >= 0, and the decoder needs subset_epochs or final_epochs > 0"
             )
-        if min(continuity_sigma, continuity_weight, clean_weight, previous_weight, current_weight) < 0:
+        if (
+            min(
+                weights.continuity_sigma,
+                weights.continuity_weight,
+                weights.clean_weight,
+                weights.previous_weight,
+                weights.current_weight,
+            )
+            < 0
+        ):
             raise ValueError("loss weights and continuity_sigma must be >= 0")
         self.automatic_optimization = False  # generator, encoder and the row-wise code optimiser
         self.latent_dim, self.n_codes = latent_dim, n_codes
-        self.n_stages, self.n_clusters, self.k_representatives = n_stages, n_clusters, k_representatives
-        self.pca_dim, self.feature_batch_size = pca_dim, feature_batch_size
-        self.stages = schedule(n_stages, subset_epochs, final_epochs, encoder_epochs)
-        self.previous_batch_size, self.current_batch_size = previous_batch_size, current_batch_size
-        self.previous_weight, self.current_weight = previous_weight, current_weight
-        self.clean_weight, self.continuity_weight = clean_weight, continuity_weight
-        self.continuity_sigma = continuity_sigma
+        self.stages = schedule(
+            self.curriculum.n_stages, epochs.subset_epochs, epochs.final_epochs, epochs.encoder_epochs
+        )
         self.lr_generator, self.lr_codes = lr_generator, lr_codes
         self.betas = (float(betas[0]), float(betas[1]))
-        self.lr_encoder = lr_encoder
-        self.encoder_l1_weight, self.encoder_l2_weight = encoder_l1_weight, encoder_l2_weight
-        self.curriculum_file = curriculum_file
 
         self.generator = generator(in_features=latent_dim)
         self.encoder = encoder(out_features=latent_dim)
@@ -187,9 +155,11 @@ class IncrementalGLO(GenerativeModel):
         self.register_buffer("encoder_steps", torch.zeros((), dtype=torch.long))
         # Which setting ran: the report's (ResNet-50 clustering + VGG16 perceptual loss) or the weight-free one.
         # n_stages 1 has no curriculum, so no clustering features to judge.
-        clustering = n_stages == 1 or isinstance(features, ResNet50Features)
+        clustering = self.curriculum.n_stages == 1 or isinstance(features, ResNet50Features)
         self.setting = {
-            "features": getattr(features, "name", type(features).__name__) if n_stages > 1 else "none",
+            "features": getattr(features, "name", type(features).__name__)
+            if self.curriculum.n_stages > 1
+            else "none",
             "image_loss": getattr(image_loss, "name", type(image_loss).__name__),
             "report_setting": clustering
             and isinstance(image_loss, PerceptualLoss)
@@ -251,6 +221,14 @@ class IncrementalGLO(GenerativeModel):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self.decode(self.sample_codes(n, generator))
 
+    def training_codes(self, datamodule=None, batch_size: int = 500) -> Tensor:
+        """The learned code table (N, D): one row per training image, in train-split order."""
+        return self.codes.weight.detach()
+
+    @property
+    def code_projection(self) -> str:
+        return self.codes.projection
+
     def reconstruct(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         """Training images (``index`` given) from their learned codes, others by decode(encode(x))."""
         if index is None:
@@ -276,10 +254,12 @@ class IncrementalGLO(GenerativeModel):
         n = len(datamodule.split("train"))
         if self.n_codes is not None and self.n_codes != n:
             raise ValueError(f"model.n_codes={self.n_codes} but the train split has {n} images")
-        if (self.n_stages - 1) * self.n_clusters * self.k_representatives >= n:
+        if (
+            self.curriculum.n_stages - 1
+        ) * self.curriculum.n_clusters * self.curriculum.k_representatives >= n:
             raise ValueError(
-                f"the curriculum ({self.n_stages - 1} rounds of {self.n_clusters} clusters x "
-                f"{self.k_representatives} representatives) needs more than the {n} training images"
+                f"the curriculum ({self.curriculum.n_stages - 1} rounds of {self.curriculum.n_clusters} clusters x "
+                f"{self.curriculum.k_representatives} representatives) needs more than the {n} training images"
             )
         self._seed = int(getattr(datamodule, "seed", 0))
         self._train_images = functools.partial(datamodule.images, "train")
@@ -292,10 +272,14 @@ class IncrementalGLO(GenerativeModel):
         # After the checkpoint's state is restored: a resumed run keeps the split it was trained with.
         if bool((self.subset_of < 0).any()):
             self.subset_of.copy_(self._compute_split())
-        self._subsets = [torch.nonzero(self.subset_of == s).squeeze(1) for s in range(self.n_stages)]
-        self._previous = [torch.cat([self.subset_of[:0], *self._subsets[:s]]) for s in range(self.n_stages)]
-        if self.trainer.is_global_zero and self.curriculum_file:
-            self._write_curriculum(Path(self.curriculum_file))
+        self._subsets = [
+            torch.nonzero(self.subset_of == s).squeeze(1) for s in range(self.curriculum.n_stages)
+        ]
+        self._previous = [
+            torch.cat([self.subset_of[:0], *self._subsets[:s]]) for s in range(self.curriculum.n_stages)
+        ]
+        if self.trainer.is_global_zero and self.curriculum.file:
+            self._write_curriculum(Path(self.curriculum.file))
         total = sum(s.epochs for s in self.stages)
         max_epochs = self.trainer.max_epochs
         if max_epochs is not None and 0 <= max_epochs < total:
@@ -308,7 +292,7 @@ class IncrementalGLO(GenerativeModel):
 
     def _compute_split(self) -> Tensor:
         """(N,) subset of each training index; computed on rank 0 and broadcast."""
-        if self.n_stages == 1:  # no curriculum (plain GLO, with or without the continuity term)
+        if self.curriculum.n_stages == 1:  # no curriculum (plain GLO, with or without the continuity term)
             return torch.zeros_like(self.subset_of)
         subset_of = None
         if self.trainer.is_global_zero:
@@ -317,16 +301,21 @@ class IncrementalGLO(GenerativeModel):
                 "incremental GLO: %s features of %d images -> PCA %d -> k-means %d -> %d per cluster, %d stages",
                 self.setting["features"],
                 len(images),
-                self.pca_dim,
-                self.n_clusters,
-                self.k_representatives,
-                self.n_stages,
+                self.curriculum.pca_dim,
+                self.curriculum.n_clusters,
+                self.curriculum.k_representatives,
+                self.curriculum.n_stages,
             )
             features = curriculum.extract_features(
-                self.features, images, self.feature_batch_size, self.device
+                self.features, images, self.curriculum.feature_batch_size, self.device
             )
             subsets = curriculum.split(
-                features, self.n_stages, self.n_clusters, self.k_representatives, self.pca_dim, self._seed
+                features,
+                self.curriculum.n_stages,
+                self.curriculum.n_clusters,
+                self.curriculum.k_representatives,
+                self.curriculum.pca_dim,
+                self._seed,
             )
             subset_of = torch.from_numpy(curriculum.stage_of(subsets, len(images)))
         if self.trainer.world_size > 1:
@@ -337,9 +326,9 @@ class IncrementalGLO(GenerativeModel):
         record = {
             **self.setting,
             "seed": self._seed,
-            "pca_dim": self.pca_dim,
-            "n_clusters": self.n_clusters,
-            "k_representatives": self.k_representatives,
+            "pca_dim": self.curriculum.pca_dim,
+            "n_clusters": self.curriculum.n_clusters,
+            "k_representatives": self.curriculum.k_representatives,
             "sizes": [len(s) for s in self._subsets],
             "stages": [
                 {"stage": s.number, "name": s.name, "first_epoch": s.first_epoch, "epochs": s.epochs}
@@ -363,7 +352,7 @@ class IncrementalGLO(GenerativeModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
             torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator, betas=self.betas, fused=True),
-            torch.optim.Adam(self.encoder.parameters(), lr=self.lr_encoder, betas=self.betas, fused=True),
+            torch.optim.Adam(self.encoder.parameters(), lr=self.encoder_fit.lr, betas=self.betas, fused=True),
         ]
 
     def on_train_epoch_start(self) -> None:
@@ -414,9 +403,9 @@ class IncrementalGLO(GenerativeModel):
         generator = torch.Generator(device=pool.device).manual_seed(
             self._seed * 1_000_003 + self.global_step * 1009 + self.global_rank
         )
-        current = self._draw(pool, self.current_batch_size, generator)
+        current = self._draw(pool, self.stage_losses.current_batch_size, generator)
         previous = (
-            self._draw(self._previous[subset], self.previous_batch_size, generator)
+            self._draw(self._previous[subset], self.stage_losses.previous_batch_size, generator)
             if subset > 0
             else current[:0]
         )
@@ -431,7 +420,8 @@ class IncrementalGLO(GenerativeModel):
         else:
             parts["loss_previous"] = per_image[: len(previous)].mean()
             parts["loss"] = (
-                self.previous_weight * parts["loss_previous"] + self.current_weight * parts["loss_current"]
+                self.stage_losses.previous_weight * parts["loss_previous"]
+                + self.stage_losses.current_weight * parts["loss_current"]
             )
         self._decoder_update(parts["loss"], current, z)
         return parts
@@ -439,15 +429,18 @@ class IncrementalGLO(GenerativeModel):
     def _whole_step(self, batch: Batch) -> dict[str, Tensor]:
         """All codes, with the continuity term L(G(z + eps), x)."""
         z = self.codes.rows(batch.index)
-        if not self.continuity_weight:
+        if not self.stage_losses.continuity_weight:
             parts = {"loss_clean": self.image_loss(self.generator(z), batch.image).mean()}
-            parts["loss"] = self.clean_weight * parts["loss_clean"]
+            parts["loss"] = self.stage_losses.clean_weight * parts["loss_clean"]
         else:
-            noisy = project(z + continuity_noise(z, self.continuity_sigma), self.projection)
+            noisy = project(z + continuity_noise(z, self.stage_losses.continuity_sigma), self.projection)
             per_image = self.image_loss(self.generator(torch.cat([z, noisy])), batch.image.repeat(2, 1, 1, 1))
             clean, noisy_loss = per_image.chunk(2)
             parts = {"loss_clean": clean.mean(), "loss_continuity": noisy_loss.mean()}
-            parts["loss"] = self.clean_weight * clean.mean() + self.continuity_weight * noisy_loss.mean()
+            parts["loss"] = (
+                self.stage_losses.clean_weight * clean.mean()
+                + self.stage_losses.continuity_weight * noisy_loss.mean()
+            )
         self._decoder_update(parts["loss"], batch.index, z)
         return parts
 
@@ -456,7 +449,8 @@ class IncrementalGLO(GenerativeModel):
         error = self.encoder(batch.image) - self.codes.weight[batch.index]  # (B, D)
         parts = {"encoder_l1": error.abs().mean(), "encoder_l2": error.pow(2).mean()}
         parts["loss"] = (
-            self.encoder_l1_weight * parts["encoder_l1"] + self.encoder_l2_weight * parts["encoder_l2"]
+            self.encoder_fit.l1_weight * parts["encoder_l1"]
+            + self.encoder_fit.l2_weight * parts["encoder_l2"]
         )
         optimizer = self.optimizers()[1]
         optimizer.zero_grad(set_to_none=True)
@@ -537,4 +531,4 @@ class IncrementalGLO(GenerativeModel):
         }
 
 
-__all__ = ["IncrementalGLO", "Stage", "continuity_noise", "schedule", "stage_at"]
+__all__ = ["IncrementalGLO", "Stage", "continuity_noise"]
