@@ -60,6 +60,28 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         """Name of the sampler ``sample`` uses; generative metrics are recorded under it."""
         return "prior"
 
+    # Where ``decode``'s codes live, for samplers fitted to them after training: 'sphere' (draws are projected
+    # onto the unit sphere) or 'none'.
+    code_projection: str = "none"
+
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` codes (n, latent_dim) from the model's own generative distribution, in ``decode``'s space, on
+        the model's device: ``sample(n, g)`` is ``decode(sample_codes(n, g))``."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its prior codes")
+
+    @torch.no_grad()
+    def training_codes(self, datamodule, batch_size: int = 500) -> Tensor:
+        """Codes (N, latent_dim) of the datamodule's training images, in ``decode``'s space, on the device: what
+        a density fitted after training ("ex-post density estimation") is fitted to. Models with an encoder
+        encode (VAE: the posterior means; ALAE: w); models with learned codes override this to read them."""
+        n = len(datamodule.split("train"))
+        return torch.cat(
+            [
+                self.encode(datamodule.images("train", torch.arange(i, min(i + batch_size, n)), self.device))
+                for i in range(0, n, batch_size)
+            ]
+        )
+
     def log_train_step(self, metrics: dict[str, Tensor | float], batch_size: int, batch_idx: int) -> None:
         """Log a training step's ``train/...`` scalars (``train/loss`` also on the progress bar), only on the steps
         whose values reach the loggers (every ``trainer.log_every_n_steps``) and on an epoch's last batch (so

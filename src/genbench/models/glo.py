@@ -126,6 +126,14 @@ class GLO(GenerativeModel):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self.decode(self.sample_codes(n, generator))
 
+    def training_codes(self, datamodule=None, batch_size: int = 500) -> Tensor:
+        """The learned code table (N, D): one row per training image, in train-split order."""
+        return self.codes.weight.detach()
+
+    @property
+    def code_projection(self) -> str:
+        return self.codes.projection
+
     def reconstruct(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         """Training images (``index`` given) from their learned codes, other images by inversion."""
         if index is None:

@@ -59,14 +59,18 @@ class VAE(GenerativeModel):
     def decode(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.decoder(z))
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """The prior N(0, I)."""
         z = torch.randn(
             n,
             self.latent_dim,
             generator=generator,
             device=self.device if generator is None else generator.device,
         )
-        return self.decode(z.to(self.device))
+        return z.to(self.device)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.decode(self.sample_codes(n, generator))
 
     def reconstruct(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         return self.decode(self.encode(x))
