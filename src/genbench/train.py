@@ -23,6 +23,7 @@ from genbench.interface import GenerativeModel
 from genbench.io import atomic_path
 from genbench.run import record
 from genbench.run.callbacks import (
+    BatchLimit,
     ConfigInCheckpoint,
     DivergenceGuard,
     EpochSummary,
@@ -58,6 +59,7 @@ def build_callbacks(
     from pytorch_lightning.callbacks import TQDMProgressBar
 
     throughput = Throughput()
+    max_batches = batch_limit(cfg)
     evaluators = {
         name: hydra.utils.instantiate(spec) for name, spec in cfg.eval.evaluators.items() if spec is not None
     }
@@ -67,11 +69,16 @@ def build_callbacks(
         last_checkpoint(run_dir), cfg.checkpoint.every_minutes, cfg.checkpoint.every_n_steps, guard
     )
     preemption.checkpoint = checkpoint
-    progress = TQDMProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochSummary()
-    # order matters: the guard sees a diverged step before a checkpoint could keep it; signals stop the epoch-end
-    # hooks at once; the final weights are saved before the final evaluation; the epoch's checkpoint comes last
+    progress = (
+        TQDMProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochSummary(throughput, max_batches)
+    )
+    # order matters: batches are counted, then the limit stops after its batch, before the guard, checkpoints or
+    # signals act on that batch; the guard sees a diverged step before a checkpoint could keep it; signals stop the
+    # epoch-end hooks at once; the final weights are saved before the final evaluation; the epoch's checkpoint last
+    limit = [BatchLimit(max_batches, throughput)] if max_batches > 0 else []
     callbacks: list[pl.Callback] = [
         throughput,
+        *limit,
         RNGState(),
         ConfigInCheckpoint(resolved),
         guard,
@@ -82,6 +89,26 @@ def build_callbacks(
         checkpoint,
     ]
     return callbacks, throughput, evaluation, checkpoint
+
+
+def batch_limit(cfg: DictConfig) -> int:
+    """``trainer.max_steps``: genbench counts it in batches (-1: no limit), whatever the number of optimisers."""
+    max_steps = cfg.trainer.get("max_steps", -1)
+    return -1 if max_steps is None else int(max_steps)
+
+
+def lightning_limits(cfg: DictConfig) -> dict[str, Any]:
+    """The Trainer's own limits: epochs only. Lightning's ``max_steps`` counts optimiser steps (4 a batch for the
+    MLP-ALAE), so the batch limit is :class:`BatchLimit`'s; an epoch count of null then means no epoch limit."""
+    max_epochs = cfg.trainer.get("max_epochs")
+    return {"max_steps": -1, "max_epochs": -1 if max_epochs is None else max_epochs}
+
+
+def batches_seen(trainer: pl.Trainer, throughput: Throughput) -> int:
+    """Training batches of the whole run (Lightning's count where the checkpoint predates genbench's own)."""
+    if throughput.batches is not None:
+        return throughput.batches
+    return trainer.fit_loop.epoch_loop.batch_progress.total.processed
 
 
 def final_metrics(
@@ -96,6 +123,7 @@ def final_metrics(
         **who(cfg),
         "sampler": model.sampler_name,
         "epochs": trainer.current_epoch,
+        **record.seen(batches_seen(trainer, throughput), throughput.images),
         "global_step": trainer.global_step,
         "train_seconds": throughput.train_seconds,
         "images_per_second": throughput.images_per_second,
@@ -106,6 +134,12 @@ def final_metrics(
         "versions": library_versions(),
         "git_commit": git_commit(),
     }
+
+
+def _seen_so_far(trainer: pl.Trainer | None, throughput: Throughput | None) -> dict[str, int]:
+    if trainer is None or throughput is None:
+        return {}
+    return record.seen(batches_seen(trainer, throughput), throughput.images)
 
 
 def who(cfg: DictConfig) -> dict[str, Any]:
@@ -170,6 +204,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
     preemption = Preemption()
     preemption.install(slurm_requeue=on_slurm and bool(cfg.get("slurm_auto_requeue", True)))
     trainer: pl.Trainer | None = None
+    throughput: Throughput | None = None
     checkpoint: LastCheckpoint | None = None
     resumed_at: tuple[int, int] | None = None
     try:
@@ -205,6 +240,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
             enable_checkpointing=False,  # LastCheckpoint writes checkpoints/last.ckpt
             plugins=[AtomicCheckpointIO(), *slurm_plugins(cfg, on_slurm)],
             strategy=strategy_for(cfg.trainer.strategy, model),
+            **lightning_limits(cfg),
         )
         fit_model = torch.compile(model) if cfg.compile else model
         started = time.perf_counter()
@@ -228,6 +264,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
                     trainer.global_step if trainer is not None else 0,
                     str(checkpoint_file) if checkpoint_file.is_file() else None,
                     checkpoint.saved_at if checkpoint is not None and checkpoint.saved_at else resumed_at,
+                    **_seen_so_far(trainer, throughput),
                 ),
             )
             log.warning(
@@ -239,6 +276,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
     except BaseException as exc:
         if rank_zero:
             where = {"epoch": trainer.current_epoch, "global_step": trainer.global_step} if trainer else {}
+            where.update(_seen_so_far(trainer, throughput))
             record.write_record(
                 run_dir, record.failure_record(who(cfg), f"{type(exc).__name__}: {exc}", **where)
             )
@@ -249,7 +287,13 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
     if trainer.is_global_zero:
         record.write_record(run_dir, metrics)
         shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        log.info("run directory: %s (%.1fs)", run_dir, time.perf_counter() - started)
+        log.info(
+            "run directory: %s (%.1fs; trained %s batches, %s images)",
+            run_dir,
+            time.perf_counter() - started,
+            metrics.get("batches_seen"),
+            metrics.get("images_seen"),
+        )
         print(f"\nrun directory: {run_dir}")
         for key, value in sorted(shown.items()):
             print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")

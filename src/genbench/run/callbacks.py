@@ -1,5 +1,5 @@
-"""The run's lifecycle callbacks: throughput, RNG and config in checkpoints, epoch logs, checkpoints during
-training, preemption signals, divergence."""
+"""The run's lifecycle callbacks: throughput and the batches/images seen, the batch limit, RNG and config in
+checkpoints, epoch logs, checkpoints during training, preemption signals, divergence."""
 
 from __future__ import annotations
 
@@ -24,11 +24,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def ends_epoch(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether the epoch's end hooks follow this batch: its last batch, or a stop (the batch limit) after it."""
+    return batch_idx + 1 >= trainer.num_training_batches or trainer.should_stop
+
+
+def training_ends(trainer: pl.Trainer) -> bool:
+    """Whether training ends with this epoch: a stop was asked for (the batch limit), or its last epoch."""
+    last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+    return bool(trainer.should_stop) or last_epoch
+
+
 class Throughput(pl.Callback):
-    """Training images per second over the training loop only (validation and evaluation excluded), all ranks."""
+    """Training images per second over the training loop only (validation and evaluation excluded), and the
+    batches and images seen so far, all ranks; kept in checkpoints, so a resumed run counts the whole run.
+
+    ``batches`` counts training-loop steps (each DDP rank takes one batch per step); ``images`` the images of those
+    batches on every rank (the index sampler gives every rank the same batch sizes, so B x world size a step).
+    """
 
     def __init__(self) -> None:
         self.images = 0
+        # None: restored from a checkpoint older than this count, taken from Lightning's at on_train_start
+        self.batches: int | None = 0
         self.loop_seconds = 0.0
         self.train_seconds = 0.0
         self._started: float | None = None
@@ -36,6 +54,8 @@ class Throughput(pl.Callback):
         self._before = 0.0  # training seconds of the run's earlier segments (resumed runs)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self.batches is None:  # Lightning's own count: batches processed before the checkpoint
+            self.batches = trainer.fit_loop.epoch_loop.batch_progress.total.processed
         self._fit_started = time.perf_counter()
         # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
         self._started = self._fit_started
@@ -51,6 +71,9 @@ class Throughput(pl.Callback):
         self._started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # first of the callbacks: a checkpoint saved at this batch's end counts it, and the resumed run goes on
+        # from the next batch
+        self.batches += 1
         self.images += batch.image.shape[0] * trainer.world_size
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -72,12 +95,15 @@ class Throughput(pl.Callback):
         running = time.perf_counter() - self._started if self._started is not None else 0.0
         return {
             "images": self.images,
+            "batches": self.batches,
             "loop_seconds": self.loop_seconds + running,
             "train_seconds": self._elapsed(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.images = int(state_dict.get("images", 0))
+        batches = state_dict.get("batches")
+        self.batches = int(batches) if batches is not None else None
         self.loop_seconds = float(state_dict.get("loop_seconds", 0.0))
         self._before = self.train_seconds = float(state_dict.get("train_seconds", 0.0))
 
@@ -88,6 +114,49 @@ class Throughput(pl.Callback):
     @property
     def images_per_second(self) -> float | None:
         return self.images / self.loop_seconds if self.loop_seconds > 0 else None
+
+
+class BatchLimit(pl.Callback):
+    """Stops training after ``max_batches`` batches, whatever the number of optimiser steps a model makes in one.
+
+    Lightning's ``max_steps`` counts ``optimizer.step()`` calls (manual optimisation: one per optimiser per batch;
+    the MLP-ALAE makes 4 a batch), so genbench gives Lightning no step limit and counts batches here instead
+    (``counter``, a :class:`Throughput`, restored from the checkpoint on resume): the run stops after the limit's
+    batch, runs that epoch's end hooks (the model's end-of-training steps among them) and ends. A run resumed at or
+    past the limit trains no further batch. The checkpoint and signal callbacks treat the last batch as an epoch's
+    last (``ends_epoch``: no mid-epoch checkpoint there), and no checkpoint is saved between it and the end of
+    training (``training_ends``), so a resumed run never skips the model's end-of-training steps.
+    """
+
+    def __init__(self, max_batches: int, counter: Throughput) -> None:
+        if max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+        self.max_batches = int(max_batches)
+        self.counter = counter
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.counter.batches >= self.max_batches:  # resumed at the limit (after counter's on_train_start)
+            trainer.should_stop = True  # the loop ends before its next batch
+            return
+        epochs = trainer.max_epochs
+        per_epoch = trainer.num_training_batches
+        if epochs not in (None, -1) and trainer.is_global_zero and epochs * per_epoch < self.max_batches:
+            log.warning(
+                "trainer.max_epochs=%d ends training after %d batches (%d an epoch), before trainer.max_steps=%d; "
+                "add trainer.max_epochs=-1 to train by batches alone",
+                epochs,
+                epochs * per_epoch,
+                per_epoch,
+                self.max_batches,
+            )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # set before the last batch runs, so its step knows: Lightning logs a step when a stop is due (the model's
+        # train/* values in metrics.json are then the last batch's), and the loop ends after it
+        if self.counter.batches + 1 >= self.max_batches:
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                log.info("training stops after this batch: trainer.max_steps=%d batches", self.max_batches)
 
 
 class RNGState(pl.Callback):
@@ -142,10 +211,13 @@ class ConfigInCheckpoint(pl.Callback):
 
 
 class EpochSummary(pl.Callback):
-    """One log line per epoch, for non-interactive runs where a progress bar would flood the log."""
+    """One log line per epoch, for non-interactive runs where a progress bar would flood the log: the epoch, the
+    batches and images seen so far (``counter``) against the limits, and the epoch's logged values."""
 
-    def __init__(self) -> None:
+    def __init__(self, counter: Throughput | None = None, max_batches: int = -1) -> None:
         self._start: float | None = None
+        self.counter = counter
+        self.max_batches = max_batches
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
@@ -156,10 +228,16 @@ class EpochSummary(pl.Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith("_step"))
+        epochs = "" if trainer.max_epochs in (None, -1) else f"/{trainer.max_epochs}"
+        seen = ""
+        if self.counter is not None:
+            limit = f"/{self.max_batches}" if self.max_batches > 0 else ""
+            seen = f" batches {self.counter.batches}{limit} images {self.counter.images}"
         log.info(
-            "epoch %d/%s (%.1fs) %s",
+            "epoch %d%s%s (%.1fs) %s",
             trainer.current_epoch + 1,
-            trainer.max_epochs,
+            epochs,
+            seen,
             time.perf_counter() - started,
             shown,
         )
@@ -211,7 +289,7 @@ class LastCheckpoint(pl.Callback):
         self._last_save = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx + 1 >= trainer.num_training_batches:
+        if ends_epoch(trainer, batch_idx):
             return  # the epoch's own checkpoint follows, in on_train_epoch_end
         batches = trainer.fit_loop.total_batch_idx + 1
         due = bool(self.every_n_steps) and batches % self.every_n_steps == 0
@@ -226,7 +304,11 @@ class LastCheckpoint(pl.Callback):
         # Last of the callbacks, after validation and the periodic evaluation; the model's own epoch-end hook runs
         # after it. A run resumed from here runs the epoch-end hooks again (Lightning does): the model's thus runs
         # once, as in the uninterrupted run, and genbench's callbacks skip an epoch they already handled.
-        self.save(trainer, "epoch end")
+        # Not after the last epoch: Lightning resumes a finished loop without any hook, so the model's end-of-
+        # training steps (batch-norm recalibration, fitting the sampler) would be lost; FinalCheckpoint saves
+        # after them, and a crash before it replays the epoch from the previous checkpoint.
+        if not training_ends(trainer):
+            self.save(trainer, "epoch end")
 
 
 class FinalCheckpoint(pl.Callback):
@@ -302,7 +384,7 @@ class Preemption(pl.Callback):
         return stop
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx + 1 >= trainer.num_training_batches:
+        if ends_epoch(trainer, batch_idx):
             self._deferred = False  # the epoch-end hooks follow: a signal now stops them at once
             return
         if self._stop(trainer):

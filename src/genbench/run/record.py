@@ -5,8 +5,10 @@ Every run writes one, and it always tells the truth about the run's outcome:
 - ``running``: written when training starts (with ``pid`` and ``host``, so a reader can tell a live run from one
   killed with SIGKILL, which leaves no chance to write anything else);
 - ``finished``: training and the final evaluation ended, ``checkpoints/last.ckpt`` holds the final weights;
+  ``batches_seen`` and ``images_seen`` say how much it trained (the whole run, across resumes and DDP ranks) and
+  ``global_step`` is Lightning's count of optimiser steps (several a batch for multi-optimiser models);
 - ``interrupted``: a signal (SIGTERM, SIGUSR1, SIGINT) stopped the run after a checkpoint was saved; ``resume=true``
-  continues it; ``signal``, ``epoch`` and ``global_step`` say where;
+  continues it; ``signal``, ``epoch``, ``batches_seen`` and ``global_step`` say where;
 - ``failed``: an error ended it (``error`` says which); ``unfinished``: written by ``genbench.evaluate`` for a run
   that has no record of its own.
 
@@ -83,6 +85,13 @@ def running_record(who: dict[str, Any], resumed_from: str | None = None) -> dict
     return record
 
 
+def seen(batches: int | None, images: int | None) -> dict[str, int]:
+    """``batches_seen`` / ``images_seen`` of a record: training batches (steps of the loop) and their images on
+    every rank; the counts that are known."""
+    counts = {"batches_seen": batches, "images_seen": images}
+    return {key: int(value) for key, value in counts.items() if value is not None}
+
+
 def failure_record(who: dict[str, Any], error: str, **where: Any) -> dict[str, Any]:
     return {"status": FAILED, **who, "error": error, **where}
 
@@ -94,13 +103,16 @@ def interrupted_record(
     global_step: int,
     checkpoint: str | None,
     checkpoint_at: tuple[int, int] | None,
+    **counts: int,
 ) -> dict[str, Any]:
-    """``epoch``/``global_step``: where training stopped; ``checkpoint_*``: where resuming will continue from."""
+    """``epoch``/``global_step`` (and ``counts``, from :func:`seen`): where training stopped; ``checkpoint_*``:
+    where resuming will continue from."""
     record = {
         "status": INTERRUPTED,
         **who,
         "signal": signal_name,
         "epoch": epoch,
+        **counts,
         "global_step": global_step,
         "checkpoint": checkpoint,
         "resume": "run the same command with resume=true",

@@ -17,10 +17,10 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from genbench.codes import BIAS_CORRECTIONS, INITS, INVERSION_STARTS, OPTIMIZERS
 from genbench.errors import UserError
 from genbench.latent import PROJECTIONS
 from genbench.losses import KERNELS
-from genbench.models.glo import INITS, INVERSION_STARTS, OPTIMIZERS
 from genbench.nets.conv import base_grid
 from genbench.nets.dcgan import OUTPUTS
 
@@ -202,6 +202,7 @@ def _check_model(cfg: DictConfig) -> None:
         ("projection", PROJECTIONS),
         ("optimizer", OPTIMIZERS),
         ("inversion_start", INVERSION_STARTS),
+        ("code_bias_correction", BIAS_CORRECTIONS),
         ("divergence", ("kl", "mmd")),
         ("likelihood", ("bernoulli", "gaussian")),
         ("mmd_kernel", sorted(KERNELS)),
@@ -236,9 +237,10 @@ def _conv_size(size: int) -> bool:
 
 
 def _check_trainer(cfg: DictConfig) -> None:
+    # genbench's trainer.max_steps counts batches (genbench.run.callbacks.BatchLimit), not optimiser steps
     max_steps = _get(cfg, "trainer.max_steps")
     if max_steps is not _ABSENT and not (_is_int(max_steps) and (max_steps == -1 or max_steps >= 1)):
-        _fail("trainer.max_steps", max_steps, "-1 (no step limit) or an integer >= 1", -1)
+        _fail("trainer.max_steps", max_steps, "-1 (no batch limit) or a number of batches >= 1", 2000)
     bounded = _is_int(max_steps) and max_steps >= 1
     max_epochs = _get(cfg, "trainer.max_epochs")
     unbounded = max_epochs is None or (_is_int(max_epochs) and max_epochs == -1)
@@ -248,7 +250,7 @@ def _check_trainer(cfg: DictConfig) -> None:
             "trainer.max_epochs",
             1,
             example=5,
-            note=" (-1 trains forever: only with trainer.max_steps > 0)",
+            note=" (-1, no epoch limit: only with a batch limit, trainer.max_steps >= 1)",
         )
     devices = _get(cfg, "trainer.devices")
     indices = (
