@@ -8,8 +8,10 @@ of the product (exact also when it is singular, with fewer samples than dimensio
 
 Measured against genbench's former torch implementation (float64 covariance by a matrix product, the same
 ``numpy.linalg.eigvals``) on 10,000 x 10,000 random features, 2 threads on a 2-core CPU shared with other jobs (load
-7-12, so absolute times are inflated): D = 128 1.3 s (own 1.0 s), D = 2048 24.7 s (own 35.5 s), equal to 1e-12; the
-eigenvalues dominate and are the same call, so no own version is kept.
+1-14, so absolute times are inflated and vary 2x between runs): D = 128 0.90 s (own 0.93 s); D = 2048 24.7 s (own
+35.5 s) in one run, 193 s (own 142 s) in another. The difference is noise: the covariances alone took 11-16 s
+(numpy.cov) against 11-21 s (torch matmul) over three interleaved runs, and the eigenvalues, which dominate, are the
+same call. Equal to 1e-13 relative, so no own version is kept.
 """
 
 from __future__ import annotations
