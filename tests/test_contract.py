@@ -9,6 +9,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from genbench.callbacks.evaluation import run_evaluators
+from genbench.evaluators.pictures import SampleGrid
+from genbench.evaluators.samplers import UnknownSampler, fitted_source
 from genbench.interface import EncoderUnavailable, GenerativeModel
 from helpers import CONF, compose_config
 
@@ -21,8 +24,8 @@ def test_every_named_model_has_a_config():
             pytest.fail(f"conf/model/{name}.yaml is missing")
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_model_contract_after_a_few_steps(name, tmp_path: Path, monkeypatch):
+def trained_a_few_steps(name: str, tmp_path: Path, monkeypatch) -> tuple[GenerativeModel, object]:
+    """(model in eval mode, datamodule) after 3 training steps on digits."""
     monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
     cfg = compose_config([f"model={name}", "data=digits", "data.batch_size=32"], tmp_path)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -40,7 +43,12 @@ def test_model_contract_after_a_few_steps(name, tmp_path: Path, monkeypatch):
         num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=datamodule)
-    model.eval()
+    return model.eval(), datamodule
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_contract_after_a_few_steps(name, tmp_path: Path, monkeypatch):
+    model, datamodule = trained_a_few_steps(name, tmp_path, monkeypatch)
     x = datamodule.images("test", torch.arange(5))
     shape = (5, 1, 16, 16)
 
@@ -63,6 +71,51 @@ def test_model_contract_after_a_few_steps(name, tmp_path: Path, monkeypatch):
         if codes is not None:
             assert codes.shape == (5, model.latent_dim)
     assert isinstance(model.sampler_name, str) and model.sampler_name
+
+
+SAMPLERS = sorted(p.stem for p in (CONF / "model" / "sampler").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_sampler_fits_every_model(name, tmp_path: Path, monkeypatch):
+    """Each conf/model/sampler/*.yaml, fitted to the model's training codes after training, draws codes of the
+    model's latent size that decode to images; one evaluation scores them all, keyed @<sampler>."""
+    model, datamodule = trained_a_few_steps(name, tmp_path, monkeypatch)
+    n_train = len(datamodule.split("train"))
+    with torch.no_grad():
+        codes = model.training_codes(datamodule)
+    assert codes.shape == (n_train, model.latent_dim) and torch.isfinite(codes).all()
+    for sampler in SAMPLERS:
+        source = fitted_source(sampler, model, datamodule, seed=0)
+        assert source.name == sampler and not source.own
+        with torch.no_grad():
+            g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+            z = source.sample_codes(6, g1)
+            assert z.shape == (6, model.latent_dim) and torch.isfinite(z).all()
+            if getattr(model, "code_projection", "none") == "sphere":
+                torch.testing.assert_close(z.norm(dim=1), torch.ones(6))
+            images = source.sample(6, g2)
+        assert images.shape == (6, 1, 16, 16) and images.min() >= 0 and images.max() <= 1
+        torch.testing.assert_close(images, model.decode(z))  # the same draws: samples are decoded codes
+
+    evaluators = {"samples": SampleGrid(rows=2)}
+    results, _ = run_evaluators(
+        evaluators, model, datamodule, tmp_path, torch.device("cpu"), seed=0, final=True,
+        samplers=["prior", "gaussian", "gmm"],
+    )  # fmt: skip
+    own = model.sampler_name
+    assert (tmp_path / "samples.png").is_file()
+    for extra in {"gaussian", "gmm"} - {own}:
+        assert (tmp_path / f"samples_{extra}.png").is_file()
+        assert f"samples@{extra}" in results["eval_seconds"]
+        assert f"fit_sampler@{extra}" in results["eval_seconds"]
+    assert not (tmp_path / "samples_prior.png").exists() and not (tmp_path / f"samples_{own}.png").exists()
+
+
+def test_an_unknown_sampler_is_refused_with_the_choices(tmp_path: Path, monkeypatch):
+    model, datamodule = trained_a_few_steps("vae", tmp_path, monkeypatch)
+    with pytest.raises(UnknownSampler, match="no sampler 'gmn'.*choose from diagonal, gaussian, gmm"):
+        fitted_source("gmn", model, datamodule, seed=0)
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

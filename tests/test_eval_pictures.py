@@ -162,7 +162,7 @@ def test_samples_png_is_captioned_with_the_sampler(digits, tmp_path, captions):
     model = Copier(digits.images("train")[:50])
     _, ctx = evaluate(model, digits, tmp_path, samples=pictures.SampleGrid(rows=4))
     assert_readable_grid(tmp_path / "samples.png", 4, 4)
-    assert captions == ["samples (copies sampler), 16 draws"]
+    assert captions == ["samples (copies sampler, the model's own), 16 draws"]
     assert ctx.pictures["samples"].shape == (3, *png_size(tmp_path / "samples.png"))  # the loggers' picture
 
 

@@ -122,7 +122,16 @@ def evaluate(
         name: hydra.utils.instantiate(spec) for name, spec in cfg.eval.evaluators.items() if spec is not None
     }
     started = time.perf_counter()
-    results, _ = run_evaluators(evaluators, model, datamodule, run_dir, where, int(cfg.seed), final=True)
+    results, _ = run_evaluators(
+        evaluators,
+        model,
+        datamodule,
+        run_dir,
+        where,
+        int(cfg.seed),
+        final=True,
+        samplers=list(cfg.eval.get("samplers") or []),
+    )
     log.info("evaluated %s in %.1fs", run_dir, time.perf_counter() - started)
 
     metrics_path = run_dir / "metrics.json"

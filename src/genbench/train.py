@@ -63,7 +63,13 @@ def build_callbacks(
     evaluators = {
         name: hydra.utils.instantiate(spec) for name, spec in cfg.eval.evaluators.items() if spec is not None
     }
-    evaluation = Evaluation(evaluators, run_dir, seed=cfg.seed, every_n_epochs=cfg.eval.every_n_epochs)
+    evaluation = Evaluation(
+        evaluators,
+        run_dir,
+        seed=cfg.seed,
+        every_n_epochs=cfg.eval.every_n_epochs,
+        samplers=list(cfg.eval.get("samplers") or []),
+    )
     guard = DivergenceGuard(cfg.divergence.check_every_n_steps)
     checkpoint = LastCheckpoint(
         last_checkpoint(run_dir), cfg.checkpoint.every_minutes, cfg.checkpoint.every_n_steps, guard

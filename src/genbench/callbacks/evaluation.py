@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 
 from genbench.evaluators.base import Collectives, EvalContext, Evaluator
 from genbench.evaluators.distributed import is_sharded
+from genbench.evaluators.samplers import sample_sources
 from genbench.progress import format_seconds
 
 log = logging.getLogger(__name__)
@@ -28,11 +30,14 @@ def run_evaluators(
     rank: int = 0,
     world_size: int = 1,
     collectives: Collectives | None = None,
+    samplers: Sequence[str] = (),
 ) -> tuple[dict[str, Any], EvalContext]:
     """Run every evaluator under no_grad in eval mode; return (flat metrics + records, context with pictures).
 
     Under DDP call it on every rank: sharded evaluators run first, on every rank (they meet in collectives, so
     no rank waits in one while rank 0 draws pictures); the others run on rank 0 only. Results are rank 0's.
+    ``samplers`` (final evaluations only) names samplers to fit to the model's codes after training; the
+    evaluators that judge samples (``uses_samples``) run once more for each, keyed ``@<sampler>``.
     """
     ctx = EvalContext(
         model=model,
@@ -52,19 +57,35 @@ def run_evaluators(
     model.eval()
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
+
+    def run(pass_order: list[tuple[str, Evaluator]], suffix: str = "") -> None:
+        for name, evaluator in pass_order:
+            if rank != 0 and not is_sharded(evaluator):
+                continue
+            log.info("evaluating %s%s", name, suffix)
+            started = time.perf_counter()
+            results.update(evaluator(ctx))
+            seconds[name + suffix] = time.perf_counter() - started
+            log.info("evaluated %s%s in %s", name, suffix, format_seconds(seconds[name + suffix]))
+
     # forked RNG: evaluating (or not, or how often) never changes the noise training draws afterwards, so a run
     # resumed from an epoch-end checkpoint continues exactly as the uninterrupted one did
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            for name, evaluator in order:
-                if rank != 0 and not is_sharded(evaluator):
-                    continue
-                log.info("evaluating %s", name)
-                started = time.perf_counter()
-                results.update(evaluator(ctx))
-                seconds[name] = time.perf_counter() - started
-                log.info("evaluated %s in %s", name, format_seconds(seconds[name]))
+            run(order)
+            if final and samplers:
+                sources, skipped = sample_sources(model, datamodule, samplers, seed)
+                if skipped:
+                    ctx.records.setdefault("skipped", {}).update(
+                        {f"sampler {name}": why for name, why in skipped.items()}
+                    )
+                judging = [(n, e) for n, e in order if getattr(e, "uses_samples", False)]
+                for source in sources[1:]:
+                    seconds[f"fit_sampler@{source.name}"] = source.fit_seconds
+                    ctx.source = source
+                    run(judging, f"@{source.name}")
+                ctx.source = None
     finally:
         model.train(was_training)
     if seconds:
@@ -97,9 +118,15 @@ class Evaluation(pl.Callback):
     rank 0; final results land in rank 0's ``self.results``."""
 
     def __init__(
-        self, evaluators: dict[str, Evaluator], run_dir: str | Path, seed: int = 0, every_n_epochs: int = 0
+        self,
+        evaluators: dict[str, Evaluator],
+        run_dir: str | Path,
+        seed: int = 0,
+        every_n_epochs: int = 0,
+        samplers: Sequence[str] = (),
     ) -> None:
         self.evaluators = evaluators
+        self.samplers = list(samplers)
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.every_n_epochs = every_n_epochs
@@ -126,6 +153,7 @@ class Evaluation(pl.Callback):
             trainer.global_rank,
             trainer.world_size,
             trainer.strategy if distributed else None,
+            self.samplers,
         )
         if not trainer.is_global_zero:
             return {}

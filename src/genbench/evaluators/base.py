@@ -46,6 +46,24 @@ class EvalContext:
     rank: int = 0
     world_size: int = 1
     collectives: Collectives | None = None  # None on one process
+    # Where samples come from (genbench.evaluators.samplers.SampleSource): None is the model's own sampler.
+    source: Any = None
+
+    @property
+    def sampler_name(self) -> str:
+        """The name sample-based metrics are keyed by (``<metric>@<sampler_name>``)."""
+        return self.source.name if self.source is not None else self.model.sampler_name
+
+    @property
+    def own_sampler(self) -> bool:
+        """Whether samples come from the model's own sampler (not one fitted to its codes after training)."""
+        return self.source is None or self.source.own
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images (n, C, H, W) in [0, 1] from the evaluation's sampler."""
+        if self.source is not None:
+            return self.source.sample(n, generator)
+        return self.model.sample(n, generator=generator)
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A fresh generator on the device, so evaluation never consumes the training RNG."""
@@ -53,6 +71,7 @@ class EvalContext:
 
 
 class Evaluator(Protocol):
-    """Computes some metrics and/or writes some pictures; returns flat scalar metrics."""
+    """Computes some metrics and/or writes some pictures; returns flat scalar metrics. Evaluators that judge
+    samples set the class attribute ``uses_samples = True``: they run once more per extra sampler."""
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]: ...

@@ -55,6 +55,8 @@ class GenerativeMetrics:
 
     sharded = True  # runs on every DDP rank: see genbench.evaluators.distributed
 
+    uses_samples = True  # runs once more per extra sampler (eval.samplers)
+
     def __init__(
         self,
         features: FeatureSource,
@@ -168,7 +170,7 @@ class GenerativeMetrics:
     def _metrics(
         self, ctx: EvalContext, loaded: FeatureExtractor, real: Tensor, fake: Tensor
     ) -> dict[str, float]:
-        name, sampler = self.features.name, ctx.model.sampler_name
+        name, sampler = self.features.name, ctx.sampler_name
         real, fake = real.to(ctx.device), fake.to(ctx.device)  # (n_ref, F), (n_gen, F)
         protocol = MetricProtocol(
             n_gen=fake.shape[0],

@@ -174,6 +174,8 @@ class NearestNeighbours:
     2-core CPU (its activations stay in cache), and the features are bitwise the same at any size.
     """
 
+    uses_samples = True  # runs once more per extra sampler (eval.samplers)
+
     def __init__(
         self,
         rows: int = 8,
@@ -229,7 +231,7 @@ class NearestNeighbours:
             else "in pixel space"
         )
         caption = (
-            f"nearest training images. Left column: a model sample ({ctx.model.sampler_name} sampler); then its "
+            f"nearest training images. Left column: a model sample ({ctx.sampler_name} sampler); then its "
             f"{self.k} nearest of the {len(train)} training images, nearest first, {spaces}. The number under each "
             "neighbour is its L2 distance to the sample."
         )
@@ -240,7 +242,7 @@ class NearestNeighbours:
 
         out: dict[str, float] = {}
         if test_dists is not None:
-            name = f"memorisation_ratio@{ctx.model.sampler_name}"
+            name = f"memorisation_ratio@{ctx.sampler_name}"
             out[name] = memorisation_ratio_of_distances(sample_dists, test_dists)
             ctx.records.setdefault("protocols", {})[name] = {
                 "n_samples": n,

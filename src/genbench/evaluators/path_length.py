@@ -69,6 +69,8 @@ class PathLength:
     "pixels". ``codes``: "auto", "sampler" or "encoded". ``epsilon``: the finite-difference step in t.
     """
 
+    uses_samples = True  # runs once more per extra sampler (eval.samplers)
+
     def __init__(
         self,
         features: FeatureSource | str = "classifier",
@@ -114,7 +116,7 @@ class PathLength:
         mean = trimmed_mean(values)
         log.info("path_length_%s: %d pairs in %.1fs", name, n, time.perf_counter() - started)
 
-        key = f"path_length_{name}@{ctx.model.sampler_name}"
+        key = f"path_length_{name}@{ctx.sampler_name}"
         ctx.records.setdefault("protocols", {})[key] = {
             "n_pairs": n,
             "epsilon": self.epsilon,
@@ -150,6 +152,10 @@ class PathLength:
 
     def _sampled(self, ctx: EvalContext, n: int, generator: torch.Generator) -> tuple[Tensor, str] | None:
         model = ctx.model
+        if not ctx.own_sampler:  # a sampler fitted to the codes after training: its own draws
+            return ctx.source.sample_codes(
+                n, generator
+            ), f"the {ctx.sampler_name} sampler fitted to the codes"
         sample_codes: Callable[..., Tensor] | None = getattr(model, "sample_codes", None)
         if callable(sample_codes):
             try:

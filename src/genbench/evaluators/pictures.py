@@ -190,7 +190,9 @@ def save_grid(
 
 class SampleGrid:
     """``samples.png``: an ``rows`` x ``rows`` grid of ``model.sample`` draws (fixed seed: comparable across epochs),
-    captioned with the sampler's name."""
+    captioned with the sampler's name; ``samples_<sampler>.png`` for a sampler fitted after training."""
+
+    uses_samples = True  # runs once more per extra sampler (eval.samplers)
 
     def __init__(self, rows: int = 8, min_cell: int = MIN_CELL) -> None:
         self.rows, self.min_cell = rows, min_cell
@@ -198,8 +200,10 @@ class SampleGrid:
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         n = self.rows * self.rows
         samples = draw_samples(ctx, n, batch_size=n, offset=1)
-        caption = f"samples ({ctx.model.sampler_name} sampler), {n} draws"
-        save_grid(ctx, "samples", samples, nrow=self.rows, caption=caption, min_cell=self.min_cell)
+        how = "the model's own" if ctx.own_sampler else "fitted to the training codes after training"
+        caption = f"samples ({ctx.sampler_name} sampler, {how}), {n} draws"
+        name = "samples" if ctx.own_sampler else f"samples_{ctx.sampler_name}"
+        save_grid(ctx, name, samples, nrow=self.rows, caption=caption, min_cell=self.min_cell)
         return {}
 
 

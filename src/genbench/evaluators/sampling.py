@@ -30,7 +30,7 @@ def sample_batches(
     with Progress(what, n, unit="samples") as progress:
         for start in range(0, n, batch_size):
             size = min(batch_size, n - start)
-            yield ctx.model.sample(size, generator=generator)
+            yield ctx.sample(size, generator)
             progress.update(size)
 
 
