@@ -8,10 +8,10 @@ these two separate blurry-but-diverse from sharp-but-collapsed models.
 
 torch-fidelity 0.4's ``prc_features_to_metric`` computes them (``torch.cdist`` on the features' device, distance
 matrices on the CPU): the whole matrices at once up to ``FULL_MATRIX_ROWS`` points per set (three of 10k x 10k
-float32: 1.2 GB), in blocks of that many rows above (``save_cpu_ram``). Measured against genbench's former
-implementation (its k-NN for the radii, chunked ``cdist`` for the coverage) on 10,000 x 10,000 random features,
-2 threads on a 2-core CPU shared with other jobs (load 7-12, so absolute times are inflated): D = 128 22.9 s
-(own 30.6 s), D = 2048 104.6 s (own 166.5 s); equal values.
+float32: 1.2 GB), in blocks of that many rows above (``save_cpu_ram``). Measured against genbench's former implementation (its k-NN for the radii, chunked ``cdist`` for the coverage) on
+10,000 x 10,000 random features, 2 threads on a 2-core CPU shared with other jobs (load 1-14, so absolute times are
+inflated): D = 128 22.9 s (own 30.6 s) and 85 s (own 119 s) in two runs; D = 2048 105 s (own 167 s) and 64 s (own
+74 s). Equal values. (Not measured on a GPU, where the former kept its distances on the device.)
 """
 
 from __future__ import annotations
