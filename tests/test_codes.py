@@ -84,3 +84,27 @@ def test_glo_on_the_sphere_interpolates_along_great_circles(tmp_path):
     torch.testing.assert_close(path.norm(dim=2), torch.ones(3, 7))
     none = instantiate(compose_config(["model=glo", "model.projection=none"], tmp_path).model)
     assert latent_geometry(none) == "euclidean"
+
+
+def test_test_reconstructions_record_how_unseen_images_were_encoded(tmp_path):
+    """recon_*_test of a GLO carries its inversion settings in the protocol (another setting is another
+    protocol on re-evaluation); a VAE's says its encoder did it."""
+    from genbench.callbacks.evaluation import run_evaluators
+    from genbench.evaluators.reconstruction import ReconstructionMSE
+
+    overrides = ["data=digits", "model.init=gaussian", "eval.inversion_steps=2"]
+    cfg = compose_config(["model=glo", *overrides], tmp_path)
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    datamodule.setup("fit")
+    model.codes.prepare(len(datamodule.split("train")), None, torch.device("cpu"), seed=0)
+    evaluator = {"reconstruction": ReconstructionMSE(n_images=8, batch_size=8)}
+    results, _ = run_evaluators(evaluator, model, datamodule, tmp_path, torch.device("cpu"), 0, final=True)
+    test = results["protocols"]["recon_mse_test"]
+    assert test["n_images"] == 8 and test["split"] == "test"
+    assert test["inversion_steps"] == 2 and test["inversion_start"] == "best_of_k"
+    assert test["inversion_candidates"] == cfg.model.inversion_candidates and test["inversion_lr"] == 0.1
+    assert results["protocols"]["recon_psnr_test"] == test
+    assert "inversion_steps" not in results["protocols"]["recon_mse_train"]  # learned codes, no inversion
+    vae = instantiate(compose_config(["model=vae", *overrides[:1]], tmp_path).model)
+    results, _ = run_evaluators(evaluator, vae, datamodule, tmp_path, torch.device("cpu"), 0, final=True)
+    assert results["protocols"]["recon_mse_test"] == {"split": "test", "n_images": 8, "encode": "encoder"}

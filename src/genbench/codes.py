@@ -22,6 +22,7 @@ import logging
 import math
 from collections.abc import Callable
 from itertools import chain
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -350,6 +351,18 @@ class LearnedCodes(nn.Module):
             )
         finally:
             generator.train(was_training)
+
+    def inversion_protocol(self) -> dict[str, Any]:
+        """What encoding by inversion does, for metric protocols (test reconstructions depend on every one)."""
+        out: dict[str, Any] = {
+            "encode": "latent inversion (Adam on the codes, generator frozen)",
+            "inversion_steps": self.inversion_steps,
+            "inversion_lr": self.inversion_lr,
+            "inversion_start": self.inversion_start,
+        }
+        if self.inversion_start == "best_of_k":
+            out["inversion_candidates"] = self.inversion_candidates
+        return out
 
     def inversion_start_codes(self, decode: Callable[[Tensor], Tensor], x: Tensor, start: str) -> Tensor:
         """(N, D): the projected mean code, or per image the best of ``inversion_candidates`` table rows."""

@@ -8,6 +8,7 @@ latent codes are float tensors of shape (N, latent_dim).
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -68,6 +69,10 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         """``n`` codes (n, latent_dim) from the model's own generative distribution, in ``decode``'s space, on
         the model's device: ``sample(n, g)`` is ``decode(sample_codes(n, g))``."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its prior codes")
+
+    def encoding(self) -> dict[str, Any]:
+        """How ``encode`` maps unseen images to codes, for the protocol of metrics that depend on it."""
+        return {"encode": "encoder"}
 
     @torch.no_grad()
     def training_codes(self, datamodule, batch_size: int = 500) -> Tensor:

@@ -66,8 +66,20 @@ class ReconstructionMSE:
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         n = self.n_images if ctx.final else self.periodic_n_images
         out = {}
+        protocols = ctx.records.setdefault("protocols", {})
         for split in ("train", "test"):
             quality = reconstruction_quality(ctx, split, n, self.batch_size, ssim=split == "test")
-            if quality is not None:
-                out.update({f"recon_{name}_{split}": value for name, value in quality.items()})
+            if quality is None:
+                continue
+            images = (
+                min(len(ctx.datamodule.split(split)), n)
+                if n is not None
+                else len(ctx.datamodule.split(split))
+            )
+            protocol = {"split": split, "n_images": images}
+            if split == "test":  # test images are encoded; training images may have learned codes
+                protocol.update(ctx.model.encoding())
+            for name, value in quality.items():
+                out[f"recon_{name}_{split}"] = value
+                protocols[f"recon_{name}_{split}"] = protocol
         return out

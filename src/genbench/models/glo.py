@@ -126,6 +126,9 @@ class GLO(GenerativeModel):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self.decode(self.sample_codes(n, generator))
 
+    def encoding(self) -> dict[str, Any]:
+        return self.codes.inversion_protocol()
+
     def training_codes(self, datamodule=None, batch_size: int = 500) -> Tensor:
         """The learned code table (N, D): one row per training image, in train-split order."""
         return self.codes.weight.detach()

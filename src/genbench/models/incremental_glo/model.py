@@ -100,6 +100,8 @@ class IncrementalGLO(GenerativeModel):
         code_bias_correction: str = "row",
         inversion_steps: int = 100,
         inversion_lr: float = 0.05,
+        inversion_start: str = "mean",
+        inversion_candidates: int = 64,
     ) -> None:
         super().__init__()
         self.curriculum = settings(Curriculum, curriculum)
@@ -144,7 +146,8 @@ class IncrementalGLO(GenerativeModel):
             bias_correction=code_bias_correction,
             inversion_steps=inversion_steps,
             inversion_lr=inversion_lr,
-            inversion_start="mean",
+            inversion_start=inversion_start,
+            inversion_candidates=inversion_candidates,
             n_codes=n_codes,
         )
         self.latent_geometry = self.codes.latent_geometry
@@ -220,6 +223,11 @@ class IncrementalGLO(GenerativeModel):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self.decode(self.sample_codes(n, generator))
+
+    def encoding(self) -> dict[str, Any]:
+        if int(self.encoder_steps) > 0:
+            return {"encode": "encoder"}
+        return self.codes.inversion_protocol()
 
     def training_codes(self, datamodule=None, batch_size: int = 500) -> Tensor:
         """The learned code table (N, D): one row per training image, in train-split order."""
