@@ -15,6 +15,7 @@ from genbench.evaluators.base import Collectives, EvalContext, Evaluator
 from genbench.evaluators.distributed import is_sharded
 from genbench.evaluators.samplers import sample_sources
 from genbench.progress import format_seconds
+from genbench.run.callbacks import training_ends
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class Evaluation(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        last = training_ends(trainer)  # the final evaluation follows: no periodic one just before it
         if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not last:
             if trainer.current_epoch == self._evaluated_epoch:
                 return
