@@ -194,18 +194,46 @@ class CountingPixels:
 def test_reference_features_are_computed_once_and_reused(digits, tmp_path):
     features = CountingPixels()
     metrics = GenerativeMetrics(
-        features, n_gen=40, n_ref=30, kid_subset_size=20, cache_dir=str(tmp_path / "feats")
-    )
+        features, n_gen=40, n_ref=30, kid_subset_size=20, cache_dir=str(tmp_path / "feats"),
+        reconstructions=False,
+    )  # fmt: skip
     model = Source(digits.images("train"))
     first, _ = evaluate(metrics, model, digits, tmp_path)
     assert features.embedded == 40 + 30 and len(list((tmp_path / "feats").glob("features-*.pt"))) == 1
     second, _ = evaluate(metrics, model, digits, tmp_path)
     assert features.embedded == 70 + 40  # only the samples again
     assert second["fid_pixels@prior"] == first["fid_pixels@prior"]
-    GenerativeMetrics(features, n_gen=40, n_ref=31, kid_subset_size=20, cache_dir=str(tmp_path / "feats"))(
-        EvalContext(model, digits, tmp_path, torch.device("cpu"))
-    )
+    GenerativeMetrics(
+        features,
+        n_gen=40,
+        n_ref=31,
+        kid_subset_size=20,
+        cache_dir=str(tmp_path / "feats"),
+        reconstructions=False,
+    )(EvalContext(model, digits, tmp_path, torch.device("cpu")))
     assert len(list((tmp_path / "feats").glob("features-*.pt"))) == 2  # another N, another entry
+
+
+def test_collapsed_samples_are_flagged_against_the_reconstructions(digits, tmp_path):
+    """The reconstructions of training images (here perfect) are scored as ``@reconstruction``: the decoder's
+    ceiling. Samples that are all one image have a recall far below it: flagged in ``flags`` and by the ratio."""
+    metrics = GenerativeMetrics(CountingPixels(), n_gen=200, n_ref=200, kid_subset_size=50)
+    train = digits.images("train")
+    collapsed, _ = evaluate(metrics, Source(train[:1].repeat(5, 1, 1, 1)), digits, tmp_path)
+    assert collapsed["recall_pixels@reconstruction"] > 0.5
+    assert collapsed["protocols"]["fid_pixels@reconstruction"]["generated"].startswith("reconstructions")
+    assert collapsed["recall_pixels@prior"] < 0.05
+    assert collapsed["recall_ratio_pixels@prior"] < 0.1
+    assert "sample_collapse_pixels@prior" in collapsed["flags"]
+    assert "reconstruction_recall_pixels" not in collapsed["flags"]
+    healthy, _ = evaluate(metrics, Source(train), digits, tmp_path)
+    assert healthy["recall_ratio_pixels@prior"] > 0.7 and not healthy.get("flags")
+    noise_decoder = Source(None)
+    noise_decoder.reconstruct = lambda x, index=None: torch.rand_like(x)  # the decoder learned nothing
+    failed, _ = evaluate(metrics, noise_decoder, digits, tmp_path)
+    assert "reconstruction_recall_pixels" in failed["flags"]
+    periodic, _ = evaluate(metrics, Source(train), digits, tmp_path, final=False)
+    assert "fid_pixels@reconstruction" not in periodic  # the final evaluation only
 
 
 def test_an_extractor_without_a_digest_is_never_cached(digits, tmp_path):
@@ -215,7 +243,7 @@ def test_an_extractor_without_a_digest_is_never_cached(digits, tmp_path):
     )
     evaluate(metrics, Source(digits.images("train")), digits, tmp_path)
     evaluate(metrics, Source(digits.images("train")), digits, tmp_path)
-    assert features.embedded == 2 * (20 + 20) and not list(tmp_path.glob("f/features-*.pt"))
+    assert features.embedded == 2 * (20 + 20 + 20) and not list(tmp_path.glob("f/features-*.pt"))
 
 
 def test_classifier_metrics_skipped_for_unlabelled_data(tmp_path):

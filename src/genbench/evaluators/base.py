@@ -48,6 +48,9 @@ class EvalContext:
     collectives: Collectives | None = None  # None on one process
     # Where samples come from (genbench.evaluators.samplers.SampleSource): None is the model's own sampler.
     source: Any = None
+    # Values evaluators hand to later ones in the same evaluation (never written): e.g. the recall of the
+    # reconstructions, which each sampler's recall is compared with.
+    shared: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sampler_name(self) -> str:

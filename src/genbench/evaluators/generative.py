@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from genbench.evaluators.base import EvalContext
@@ -42,6 +43,9 @@ from genbench.run.paths import feature_cache_dir
 log = logging.getLogger(__name__)
 
 SAMPLE_OFFSET = 5  # ctx.generator offset of the samples: every extractor scores the same samples
+RECONSTRUCTION = "reconstruction"  # the pseudo-sampler of the reconstructions of training images
+COLLAPSE_RATIO = 0.5  # a sampler whose recall is under this fraction of the reconstructions' is flagged
+LOW_RECALL = 0.05  # reconstructions with less recall than this: the decoder itself is flagged
 
 
 class GenerativeMetrics:
@@ -50,7 +54,9 @@ class GenerativeMetrics:
     ``n_gen`` samples (``model.sample`` in batches of ``batch_size`` from ``ctx.generator``) against the first
     ``n_ref`` images of ``reference_split`` (fewer if the split is smaller); periodic evaluations during
     training use ``periodic_n_gen`` / ``periodic_n_ref``. ``cache_dir`` holds reference features (null:
-    ``$GENBENCH_CACHE/features`` or ``~/.cache/genbench/features``).
+    ``$GENBENCH_CACHE/features`` or ``~/.cache/genbench/features``). With ``reconstructions`` the final evaluation
+    also scores the reconstructions of the first ``n_gen`` training images (``@reconstruction``: the decoder's
+    ceiling), reports each sampler's ``recall_ratio_<features>@<sampler>`` against it and flags a collapse.
     """
 
     sharded = True  # runs on every DDP rank: see genbench.evaluators.distributed
@@ -70,6 +76,7 @@ class GenerativeMetrics:
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
         cache_dir: str | None = None,
+        reconstructions: bool = True,
     ) -> None:
         if min(n_gen, n_ref, periodic_n_gen, periodic_n_ref) <= k:
             raise ValueError(f"every N must exceed k={k} (precision/recall needs k neighbours)")
@@ -79,6 +86,7 @@ class GenerativeMetrics:
         self.periodic_n_gen, self.periodic_n_ref = periodic_n_gen, periodic_n_ref
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self._cache_dir = cache_dir
+        self.reconstructions = reconstructions
 
     @property
     def cache_dir(self) -> Path:
@@ -105,6 +113,8 @@ class GenerativeMetrics:
         fake = gather_rows(self._generated_features(ctx, loaded, n_gen), n_gen, ctx)  # (n_gen, F)
         gen_seconds = time.perf_counter() - started
         if ctx.rank != 0:
+            if self.reconstructions and ctx.final and ctx.own_sampler:  # meet rank 0 in the gather
+                gather_rows(self._reconstruction_features(ctx, loaded, n_gen), n_gen, ctx)
             return {}
         log.info(
             "%s features: %d reference in %.1fs, %d samples in %.1fs",
@@ -114,7 +124,14 @@ class GenerativeMetrics:
             n_gen,
             gen_seconds,
         )
-        return {**self._metrics(ctx, loaded, real, fake), **loaded.scalars}
+        out = {**self._metrics(ctx, loaded, real, fake, ctx.sampler_name), **loaded.scalars}
+        if self.reconstructions and ctx.final and ctx.own_sampler:
+            started = time.perf_counter()
+            recon = gather_rows(self._reconstruction_features(ctx, loaded, n_gen), n_gen, ctx)
+            log.info("%s features of %d reconstructions in %.1fs", name, n_gen, time.perf_counter() - started)
+            out.update(self._metrics(ctx, loaded, real, recon, RECONSTRUCTION))
+        self._flag_low_recall(ctx, out)
+        return out
 
     # -- features --------------------------------------------------------------------------------------------------
     def _reference(self, ctx: EvalContext, loaded: FeatureExtractor, n: int) -> Tensor | None:
@@ -157,6 +174,23 @@ class GenerativeMetrics:
 
         return extract_features(loaded.extract, batches())  # (len(rows), F), CPU
 
+    def _reconstruction_features(self, ctx: EvalContext, loaded: FeatureExtractor, n: int) -> Tensor:
+        """Features of this rank's share of the reconstructions of the first ``n`` training images (learned codes
+        for GLO, encode-decode otherwise): what the decoder can do, the ceiling of every sampler."""
+        n = min(n, len(ctx.datamodule.split("train")))
+        rows = shard(n, ctx)
+
+        def batches() -> Iterator[Tensor]:
+            what = f"{self.features.name} features of {len(rows)} reconstructions"
+            with Progress(what, len(rows), unit="images") as progress:
+                for start in range(rows.start, rows.stop, self.batch_size):
+                    index = torch.arange(start, min(start + self.batch_size, rows.stop), device=ctx.device)
+                    x = ctx.datamodule.images("train", index, ctx.device)
+                    yield ctx.model.reconstruct(x, index).float().clamp(0, 1)
+                    progress.update(len(index))
+
+        return extract_features(loaded.extract, batches())
+
     def _generated_features(self, ctx: EvalContext, loaded: FeatureExtractor, n: int) -> Tensor:
         """Features of this rank's share of ``n`` samples, each rank drawing from its own seeded generator."""
         mine = len(shard(n, ctx))
@@ -168,9 +202,9 @@ class GenerativeMetrics:
 
     # -- metrics ---------------------------------------------------------------------------------------------------
     def _metrics(
-        self, ctx: EvalContext, loaded: FeatureExtractor, real: Tensor, fake: Tensor
+        self, ctx: EvalContext, loaded: FeatureExtractor, real: Tensor, fake: Tensor, sampler: str
     ) -> dict[str, float]:
-        name, sampler = self.features.name, ctx.sampler_name
+        name = self.features.name
         real, fake = real.to(ctx.device), fake.to(ctx.device)  # (n_ref, F), (n_gen, F)
         protocol = MetricProtocol(
             n_gen=fake.shape[0],
@@ -206,7 +240,39 @@ class GenerativeMetrics:
         protocols[f"kid_{name}@{sampler}"] = protocols[f"kid_{name}_std@{sampler}"] = kid_protocol
         for metric in ("precision", "recall"):
             protocols[f"{metric}_{name}@{sampler}"] = {**protocol, "k": self.k}
+        if sampler == RECONSTRUCTION:
+            for key in out:
+                protocols[key] = {**protocols[key], "generated": "reconstructions of the first train images"}
         return out
+
+    def _flag_low_recall(self, ctx: EvalContext, out: dict[str, float]) -> None:
+        """Compare the sampler's recall with the reconstructions' (the decoder's ceiling): a sampler far below
+        it has collapsed onto part of the data; reconstructions without recall mean the decoder itself failed.
+        Each finding goes to ``flags`` in metrics.json and the log; the ratio is a metric."""
+        name, sampler = self.features.name, ctx.sampler_name
+        recon = out.get(f"recall_{name}@{RECONSTRUCTION}", ctx.shared.get(f"recall_{name}@{RECONSTRUCTION}"))
+        if recon is None:
+            return
+        ctx.shared[f"recall_{name}@{RECONSTRUCTION}"] = recon
+        flags = ctx.records.setdefault("flags", {})
+        if recon < LOW_RECALL and ctx.own_sampler:
+            flags[f"reconstruction_recall_{name}"] = (
+                f"the decoder's reconstructions of training images have {name} recall {recon:.3f}: no sampler "
+                "can do better; the decoder (or its codes) did not learn the data (train longer, check the code "
+                "learning rate)"
+            )
+            log.warning("%s", flags[f"reconstruction_recall_{name}"])
+        recall = out.get(f"recall_{name}@{sampler}")
+        if recall is None or recon <= 0:
+            return
+        out[f"recall_ratio_{name}@{sampler}"] = recall / recon
+        if recall < COLLAPSE_RATIO * recon:
+            flags[f"sample_collapse_{name}@{sampler}"] = (
+                f"{sampler} samples have {name} recall {recall:.3f}, under {COLLAPSE_RATIO:g}x the "
+                f"reconstructions' {recon:.3f}: the samples cover a small part of what the decoder can draw "
+                "(mode collapse); try another sampler (eval.samplers=[gaussian,gmm,imle])"
+            )
+            log.warning("%s", flags[f"sample_collapse_{name}@{sampler}"])
 
     def _skip(self, ctx: EvalContext, reason: str) -> dict[str, float]:
         """Record why this extractor's metrics are missing (under the FID's name) and return nothing."""
