@@ -35,7 +35,11 @@ SMALL = {
     "vae": [],
     "mmd_vae": [],
     "alae": ["experiment=alae_tiny"],
-    "incremental_glo": ["model.stages.subset_epochs=1", "model.stages.final_epochs=1", "model.stages.encoder_epochs=1"],
+    "incremental_glo": [
+        "model.stages.subset_epochs=1",
+        "model.stages.final_epochs=1",
+        "model.stages.encoder_epochs=1",
+    ],
 }
 
 
@@ -360,3 +364,25 @@ def test_a_refused_config_leaves_a_failed_record_in_the_run_directory(tmp_path, 
         train(compose_config(["data.image_size=4096"], run_dir))
     failed = record(run_dir)
     assert failed["status"] == "failed" and "data.image_size=4096" in failed["error"]
+
+
+def test_sigterm_during_the_imle_fit_stops_it_promptly_and_resume_finishes(tmp_path):
+    """GLANN's IMLE sampler is fitted at the end of training, inside a hook: SIGTERM there stops the fit within
+    seconds (it polls the stop request), exits 143 with the trained weights saved, and resume=true refits and ends."""
+    run_dir = tmp_path / "run"
+    args = [
+        *COMMON, "model=glo", "model/sampler=imle", "model.sampler.epochs=100000", "trainer.max_epochs=1",
+        f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    run = Run(args, tmp_path)
+    run.wait_for("fitting the imle sampler")
+    time.sleep(1.0)
+    sent = time.monotonic()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=60) == 143, run.text()[-3000:]
+    assert time.monotonic() - sent < 15, run.text()[-3000:]
+    assert record(run_dir)["status"] == "interrupted" and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resumed = Run([*args[:-2], "model.sampler.epochs=2", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}",
+                   "resume=true"], tmp_path)  # fmt: skip
+    assert resumed.finish() == 0, resumed.text()[-3000:]
+    assert record(run_dir)["status"] == "finished"

@@ -315,14 +315,15 @@ class LearnedCodes(nn.Module):
         self.synced = True
 
     # -- the sampler ------------------------------------------------------------------------------------------------
-    def fit_sampler(self) -> None:
-        """Fit the sampler to the (whole) table."""
+    def fit_sampler(self, should_stop: Callable[[], bool] | None = None) -> None:
+        """Fit the sampler to the (whole) table. ``should_stop`` is polled during long fits (IMLE): when it
+        returns True the fit raises ``SamplerFitInterrupted`` and the sampler stays unfitted (refitted on demand)."""
         if len(self.table) == 0:
             raise RuntimeError(
                 f"cannot fit the {self.sampler.name} sampler: no codes (train or load a checkpoint)"
             )
         log.info("fitting the %s sampler to %d codes", self.sampler.name, len(self.table))
-        self.sampler.fit(self.table.weight)
+        self.sampler.fit(self.table.weight, should_stop=should_stop)
         self.stale = False
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

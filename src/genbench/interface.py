@@ -8,11 +8,15 @@ latent codes are float tensors of shape (N, latent_dim).
 from __future__ import annotations
 
 import abc
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 class GenerativeModel(pl.LightningModule, abc.ABC):
@@ -86,6 +90,26 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
                 for i in range(0, n, batch_size)
             ]
         )
+
+    def stop_requested(self) -> bool:
+        """Whether a callback of the trainer (genbench's Preemption, on SIGTERM/SIGUSR1/SIGINT) asks the run to
+        stop: long work inside a hook (fitting an IMLE sampler) polls this to stop promptly."""
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        return any(
+            bool(getattr(callback, "stop_requested", lambda: False)()) for callback in trainer.callbacks
+        )
+
+    def fit_sampler_unless_stopped(self, fit: Callable[..., None]) -> None:
+        """``fit(should_stop=self.stop_requested)``; an interrupted fit leaves the sampler to be refitted on
+        demand (the stop itself is raised by the callback that asked for it)."""
+        from genbench.latent import SamplerFitInterrupted
+
+        try:
+            fit(should_stop=self.stop_requested)
+        except SamplerFitInterrupted:
+            log.warning("the sampler fit was interrupted: the run stops; the sampler is refitted when needed")
 
     def log_train_step(self, metrics: dict[str, Tensor | float], batch_size: int, batch_idx: int) -> None:
         """Log a training step's ``train/...`` scalars (``train/loss`` also on the progress bar), only on the steps

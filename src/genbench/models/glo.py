@@ -237,7 +237,7 @@ class GLO(GenerativeModel):
         self.sync_codes()
         if self._training_ends():
             self.recalibrate_batch_norm()
-            self.fit_sampler()
+            self.fit_sampler_unless_stopped(self.codes.fit_sampler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called on every rank (rank 0 writes), so a collective is safe: make mid-epoch checkpoints whole too.

@@ -363,6 +363,10 @@ class Preemption(pl.Callback):
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
+    def stop_requested(self) -> bool:
+        """A stop signal has arrived (polled by long work inside hooks: a model's sampler fit)."""
+        return self.received is not None
+
     def _handle(self, signum: int, frame) -> None:
         first = self.received is None
         if first:

@@ -504,7 +504,7 @@ class IncrementalGLO(GenerativeModel):
             self.generator,
             shuffled_batches(len(codes), self._batch_size(), lambda i: codes[i.to(codes.device)]),
         )
-        self.fit_sampler()
+        self.fit_sampler_unless_stopped(self.codes.fit_sampler)
         self._bn_stale = False
 
     def finish_encoder(self) -> None:
