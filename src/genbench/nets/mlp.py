@@ -84,29 +84,49 @@ class MappingNetwork(nn.Module):
 
 
 class FCGenerator(nn.Module):
-    """G: w (N, in_features) -> signed images (N, C, S, S), unbounded (linear output, as the official GeneratorFC)."""
+    """G: w (N, in_features) -> signed images (N, C, S, S), unbounded (linear output, as the official GeneratorFC).
+
+    ``output_init_scale`` scales the output layer's initial weights (1: He, as the official code). At He scale the
+    untrained output layer maps each hidden vector to independent per-pixel noise of about the data's range, which
+    the adversarial signal (through E, whose input gradients R1 keeps small) removes only slowly.
+    """
 
     def __init__(
-        self, channels: int, image_size: int, in_features: int, hidden: int = 1024, num_layers: int = 3
+        self,
+        channels: int,
+        image_size: int,
+        in_features: int,
+        hidden: int = 1024,
+        num_layers: int = 3,
+        output_init_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.shape = (channels, image_size, image_size)
         self.net = mlp([in_features] + [hidden] * (num_layers - 1) + [math.prod(self.shape)])
+        with torch.no_grad():
+            self.net[-1].weight.mul_(output_init_scale)
 
     def forward(self, w: Tensor) -> Tensor:
         return self.net(w).view(w.shape[0], *self.shape)
 
 
 class FCEncoder(nn.Module):
-    """E: signed images (N, C, S, S) -> w (N, out_features), leaky ReLU on the output like F's (official EncoderFC)."""
+    """E: signed images (N, C, S, S) -> w (N, out_features). ``output_activation``: leaky ReLU on the output like
+    F's (official EncoderFC), else a linear output."""
 
     def __init__(
-        self, channels: int, image_size: int, out_features: int, hidden: int = 1024, num_layers: int = 3
+        self,
+        channels: int,
+        image_size: int,
+        out_features: int,
+        hidden: int = 1024,
+        num_layers: int = 3,
+        output_activation: bool = True,
     ) -> None:
         super().__init__()
         self.net = mlp(
             [channels * image_size * image_size] + [hidden] * (num_layers - 1) + [out_features],
-            activate_last=True,
+            activate_last=output_activation,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -114,11 +134,27 @@ class FCEncoder(nn.Module):
 
 
 class LatentDiscriminator(nn.Module):
-    """D: w (N, in_features) -> real/fake logits (N,). ``num_layers`` layers of width in_features, then one logit."""
+    """D: w (N, in_features) -> real/fake logits (N,). ``num_layers`` layers (width in_features, the last one logit).
 
-    def __init__(self, in_features: int, num_layers: int = 3, lr_multiplier: float = 0.1) -> None:
+    ``activation=False`` (the official MappingD / MappingDNoStyle) stacks the layers with no non-linearity between
+    them, so D is affine in w and the critic D(E(x)) is non-linear through E alone; ``True`` puts leaky ReLUs
+    between them (an MLP head).
+    """
+
+    def __init__(
+        self, in_features: int, num_layers: int = 3, lr_multiplier: float = 0.1, activation: bool = False
+    ) -> None:
         super().__init__()
-        self.net = mlp([in_features] * num_layers + [1], lr_multiplier)
+        widths = [in_features] * num_layers + [1]
+        if activation:
+            self.net = mlp(widths, lr_multiplier)
+        else:
+            self.net = nn.Sequential(
+                *(
+                    EqualizedLinear(a, b, lr_multiplier=lr_multiplier)
+                    for a, b in zip(widths, widths[1:], strict=False)
+                )
+            )
 
     def forward(self, w: Tensor) -> Tensor:
         return self.net(w).squeeze(1)
