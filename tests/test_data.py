@@ -168,3 +168,19 @@ def test_missing_frogs(tmp_path):
 def test_channel_mismatch_in_config(tmp_path):
     with pytest.raises(ValueError, match="channels"):
         ImageDataModule("mnist", partial(IDXSource, folder="MNIST"), tmp_path, 28, 3)
+
+
+def test_the_frogs_default_batch_fits_the_23_image_sample(shared_data, tmp_path, caplog):
+    """conf/data/frogs.yaml keeps the report's batch of 75; on the 23-frog sample the batch shrinks to the split
+    (one batch an epoch) with a warning, instead of a run that cannot start."""
+    from hydra.utils import instantiate
+
+    from helpers import compose_config
+
+    cfg = compose_config(["data=frogs", f"data.root={shared_data}", f"data.cache_dir={tmp_path}"], tmp_path)
+    assert cfg.data.batch_size == 75
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    n = len(datamodule.split("train"))
+    assert n < 75 and datamodule.batch_size == n
+    assert "fewer than data.batch_size=75" in caplog.text

@@ -130,10 +130,18 @@ class ImageDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         train = self.split("train")
-        if len(train) < self.batch_size:
-            raise DataError(
-                f"{self.name}: the train split has {len(train)} images, fewer than batch_size={self.batch_size}"
+        if len(train) == 0:
+            raise DataError(f"{self.name}: the train split has no images")
+        if len(train) < self.batch_size:  # e.g. the 23-image frog sample at the paper's batch of 75
+            log.warning(
+                "%s: the train split has %d images, fewer than data.batch_size=%d: training on batches of %d "
+                "(one batch per epoch)",
+                self.name,
+                len(train),
+                self.batch_size,
+                len(train),
             )
+            self.batch_size = len(train)
 
     def _rank_info(self) -> tuple[int, int, torch.device]:
         trainer = self.trainer
