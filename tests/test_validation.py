@@ -55,6 +55,8 @@ BAD = [
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps"),
     (["trainer.precision=fp8"], "trainer.precision"),
     (["eval.every_n_epochs=-1"], "eval.every_n_epochs"),
+    (["eval.samplers=[gaussian,gmn]"], "eval.samplers"),
+    (["eval.samplers=gaussian"], "eval.samplers"),
     (["eval.inversion_steps=-1"], "eval.inversion_steps"),
     (["checkpoint.every_minutes=0"], "checkpoint.every_minutes"),
     (["checkpoint.every_n_steps=-1"], "checkpoint.every_n_steps"),
@@ -106,6 +108,12 @@ def test_legal_edge_values_pass(overrides, tmp_path):
         if "." in key:
             assert str(OmegaConf.select(cfg, key)).replace(" ", "") == value, key
     validate_config(cfg)  # raises ConfigError if refused
+
+
+def test_every_shipped_sampler_is_a_valid_eval_sampler(tmp_path):
+    cfg = compose_config(["eval.samplers=[prior,gaussian,diagonal,gmm,imle,normal]"], tmp_path / "run")
+    assert list(cfg.eval.samplers) == ["prior", "gaussian", "diagonal", "gmm", "imle", "normal"]
+    validate_config(cfg)
 
 
 @pytest.mark.parametrize("data", DATASETS)

@@ -23,6 +23,7 @@ from genbench.latent import PROJECTIONS
 from genbench.losses import KERNELS
 from genbench.nets.conv import base_grid
 from genbench.nets.dcgan import OUTPUTS
+from genbench.run.paths import CONFIG_DIR
 
 SEED_MAX = 2**32 - 1  # numpy's seed range; Lightning silently replaces a seed outside it by 0
 IMAGE_SIZES = (8, 1024)  # beyond 1024 px the device-resident dataset and the nets outgrow any memory
@@ -274,6 +275,20 @@ def _check_trainer(cfg: DictConfig) -> None:
         _fail("trainer.limit_val_batches", limit, "a fraction in [0, 1] or a number of batches >= 0", 1.0)
 
 
+def _check_samplers(cfg: DictConfig) -> None:
+    """``eval.samplers``: names of conf/model/sampler/*.yaml (or prior), refused before training, not after it."""
+    names = _get(cfg, "eval.samplers")
+    if names in (_ABSENT, None):
+        return
+    known = sorted(p.stem for p in (CONFIG_DIR / "model" / "sampler").glob("*.yaml"))
+    choices = ", ".join(["prior", *known])
+    if not isinstance(names, ListConfig | list) or not all(isinstance(n, str) for n in names):
+        _fail("eval.samplers", names, f"a list of sampler names ({choices})", ["gaussian", "gmm"])
+    unknown = [n for n in names if n != "prior" and n not in known]
+    if unknown:
+        _fail("eval.samplers", list(names), f"a list of sampler names ({choices})", ["gaussian", "gmm"])
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Refuse a composed run config with an out-of-range value (``ConfigError``), before anything is built."""
     _int(cfg, "seed", 0, SEED_MAX, example=0)
@@ -281,6 +296,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_by_name(cfg, "data")
     _int(cfg, "eval.every_n_epochs", 0, example=0, note=" (0: evaluate only at the end)")
     _check_by_name(cfg, "eval")  # before the model, whose inversion_steps is ${eval.inversion_steps}
+    _check_samplers(cfg)
     _check_model(cfg)
     _check_trainer(cfg)
     if _get(cfg, "checkpoint") not in (_ABSENT, None):
