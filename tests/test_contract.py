@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from genbench.callbacks.evaluation import run_evaluators
+from genbench.evaluators.neighbours import NearestNeighbours
 from genbench.evaluators.pictures import SampleGrid
 from genbench.evaluators.samplers import UnknownSampler, fitted_source
 from genbench.interface import EncoderUnavailable, GenerativeModel
@@ -98,15 +99,18 @@ def test_every_sampler_fits_every_model(name, tmp_path: Path, monkeypatch):
         assert images.shape == (6, 1, 16, 16) and images.min() >= 0 and images.max() <= 1
         torch.testing.assert_close(images, model.decode(z))  # the same draws: samples are decoded codes
 
-    evaluators = {"samples": SampleGrid(rows=2)}
+    evaluators = {"samples": SampleGrid(rows=2), "neighbours": NearestNeighbours(rows=2, k=2, n_samples=20)}
     results, _ = run_evaluators(
         evaluators, model, datamodule, tmp_path, torch.device("cpu"), seed=0, final=True,
         samplers=["prior", "gaussian", "gmm"],
     )  # fmt: skip
     own = model.sampler_name
-    assert (tmp_path / "samples.png").is_file()
+    assert (tmp_path / "samples.png").is_file() and (tmp_path / "neighbours.png").is_file()
     for extra in {"gaussian", "gmm"} - {own}:
         assert (tmp_path / f"samples_{extra}.png").is_file()
+        assert (
+            tmp_path / f"neighbours_{extra}.png"
+        ).is_file()  # each sampler's own picture, none overwritten
         assert f"samples@{extra}" in results["eval_seconds"]
         assert f"fit_sampler@{extra}" in results["eval_seconds"]
     assert not (tmp_path / "samples_prior.png").exists() and not (tmp_path / f"samples_{own}.png").exists()

@@ -236,7 +236,7 @@ class NearestNeighbours:
             "neighbour is its L2 distance to the sample."
         )
         picture = render_neighbours(samples[: self.rows], blocks, caption, self.min_cell)
-        save_picture(ctx, "neighbours", picture)
+        save_picture(ctx, "neighbours" if ctx.own_sampler else f"neighbours_{ctx.sampler_name}", picture)
         spent = ", ".join(f"{what} {seconds:.1f}s" for what, seconds in timed.items())
         log.info("neighbours (%d samples, %d test vs %d train): %s", n, len(test), len(train), spent)
 
