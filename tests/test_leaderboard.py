@@ -1130,3 +1130,15 @@ def test_a_run_killed_while_running_is_listed_as_killed(tmp_path):
     problems = {p.path.name: (p.status, p.error) for p in collect([tmp_path]).problems}
     assert problems["dead"][0] == "killed" and "resume=true" in problems["dead"][1]
     assert problems["live"][0] == "running"
+
+
+def test_a_note_shared_by_rows_is_listed_once_naming_them():
+    from types import SimpleNamespace
+
+    from genbench.leaderboard.text import table_notes
+
+    rows = [
+        SimpleNamespace(model="vae", sampler="prior", notes=("fid_inception skipped: no weights",)),
+        SimpleNamespace(model="glo", sampler="gmm", notes=("fid_inception skipped: no weights", "other")),
+    ]
+    assert table_notes(rows) == ["vae/prior, glo/gmm: fid_inception skipped: no weights", "glo/gmm: other"]

@@ -240,9 +240,6 @@ class GenerativeMetrics:
         protocols[f"kid_{name}@{sampler}"] = protocols[f"kid_{name}_std@{sampler}"] = kid_protocol
         for metric in ("precision", "recall"):
             protocols[f"{metric}_{name}@{sampler}"] = {**protocol, "k": self.k}
-        if sampler == RECONSTRUCTION:
-            for key in out:
-                protocols[key] = {**protocols[key], "generated": "reconstructions of the first train images"}
         return out
 
     def _flag_low_recall(self, ctx: EvalContext, out: dict[str, float]) -> None:
@@ -266,6 +263,9 @@ class GenerativeMetrics:
         if recall is None or recon <= 0:
             return
         out[f"recall_ratio_{name}@{sampler}"] = recall / recon
+        protocols = ctx.records.setdefault("protocols", {})
+        if f"recall_{name}@{sampler}" in protocols:
+            protocols[f"recall_ratio_{name}@{sampler}"] = protocols[f"recall_{name}@{sampler}"]
         if recall < COLLAPSE_RATIO * recon:
             flags[f"sample_collapse_{name}@{sampler}"] = (
                 f"{sampler} samples have {name} recall {recall:.3f}, under {COLLAPSE_RATIO:g}x the "

@@ -18,6 +18,7 @@ from genbench.leaderboard.text import (
     shown_metrics,
     source_text,
     table_caption,
+    table_notes,
     table_title,
 )
 
@@ -92,9 +93,7 @@ def to_markdown(board: Board) -> str:
             if markers:
                 legend = "; ".join(f"[{marker}] {md(text)}" for text, marker in markers.items())
                 lines += [f"Published protocols: {legend}", ""]
-            notes = [
-                f"- {md(row.model)}/{md(row.sampler)}: {md(note)}" for row in table.rows for note in row.notes
-            ]
+            notes = [f"- {md(note)}" for note in table_notes(table.rows)]
             if notes:
                 lines += ["Skipped or dropped values:", "", *notes, ""]
     lines += _md_problems(board.problems)

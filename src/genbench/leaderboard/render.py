@@ -35,6 +35,7 @@ from genbench.leaderboard.text import (
     shown_metrics,
     source_text,
     table_caption,
+    table_notes,
     table_title,
 )
 
@@ -184,7 +185,7 @@ def to_html(board: Board) -> str:
             if table.count > 1:
                 parts.append(f"<h3>{e(table_title(table))}</h3>")
             parts += [_protocol(table), _table(board, table)]
-            notes = [f"{row.model}/{row.sampler}: {note}" for row in table.rows for note in row.notes]
+            notes = table_notes(table.rows)
             if notes:
                 parts.append(
                     '<p class="notes-title">Skipped or dropped values:</p><ul class="notes">'

@@ -115,3 +115,13 @@ def table_caption(table: Table) -> tuple[str, list[tuple[str, str]]]:
     if all(r.published for r in table.rows):
         return "no run measured on this dataset; published numbers only", []
     return protocol_caption(table.protocols)
+
+
+def table_notes(rows) -> list[str]:
+    """Each distinct note of the table's rows once, naming the rows it applies to ("model/sampler, ..."), so a
+    reason shared by every row (no Inception weights) is read once, not once a row."""
+    where: dict[str, list[str]] = {}
+    for row in rows:
+        for note in row.notes:
+            where.setdefault(note, []).append(f"{row.model}/{row.sampler}")
+    return [f"{', '.join(names)}: {note}" for note, names in where.items()]
