@@ -97,14 +97,19 @@ def test_test_reconstructions_record_how_unseen_images_were_encoded(tmp_path):
     datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     datamodule.setup("fit")
     model.codes.prepare(len(datamodule.split("train")), None, torch.device("cpu"), seed=0)
-    evaluator = {"reconstruction": ReconstructionMSE(n_images=8, batch_size=8)}
+    evaluator = {"reconstruction": ReconstructionMSE(n_images=8, batch_size=8, inverted_n_images=6)}
     results, _ = run_evaluators(evaluator, model, datamodule, tmp_path, torch.device("cpu"), 0, final=True)
     test = results["protocols"]["recon_mse_test"]
-    assert test["n_images"] == 8 and test["split"] == "test"
+    assert test["n_images"] == 6 and test["split"] == "test"  # inversion is capped at inverted_n_images
+    assert results["protocols"]["recon_mse_train"]["n_images"] == 8
     assert test["inversion_steps"] == 2 and test["inversion_start"] == "best_of_k"
     assert test["inversion_candidates"] == cfg.model.inversion_candidates and test["inversion_lr"] == 0.1
     assert results["protocols"]["recon_psnr_test"] == test
     assert "inversion_steps" not in results["protocols"]["recon_mse_train"]  # learned codes, no inversion
     vae = instantiate(compose_config(["model=vae", *overrides[:1]], tmp_path).model)
     results, _ = run_evaluators(evaluator, vae, datamodule, tmp_path, torch.device("cpu"), 0, final=True)
-    assert results["protocols"]["recon_mse_test"] == {"split": "test", "n_images": 8, "encode": "encoder"}
+    assert results["protocols"]["recon_mse_test"] == {
+        "split": "test",
+        "n_images": 8,
+        "encode": "encoder",
+    }  # not capped

@@ -56,18 +56,31 @@ def reconstruction_mse(ctx: EvalContext, split: str, n_images: int | None, batch
 
 
 class ReconstructionMSE:
-    """``recon_{mse,psnr}_{train,test}`` and ``recon_ssim_test``; periodic runs use ``periodic_n_images``."""
+    """``recon_{mse,psnr}_{train,test}`` and ``recon_ssim_test``; periodic runs use ``periodic_n_images``.
+
+    Models that encode unseen images by latent inversion (GLO: tens of Adam steps through the generator per image)
+    reconstruct at most ``inverted_n_images`` test images (null: as many as the others): 2,000 keep the MSE's
+    standard error near 1% while the inversion stays within minutes on a CPU. The protocol records the N used.
+    """
 
     def __init__(
-        self, n_images: int | None = 10000, periodic_n_images: int = 1000, batch_size: int = 500
+        self,
+        n_images: int | None = 10000,
+        periodic_n_images: int = 1000,
+        batch_size: int = 500,
+        inverted_n_images: int | None = 2000,
     ) -> None:
         self.n_images, self.periodic_n_images, self.batch_size = n_images, periodic_n_images, batch_size
+        self.inverted_n_images = inverted_n_images
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        n = self.n_images if ctx.final else self.periodic_n_images
         out = {}
         protocols = ctx.records.setdefault("protocols", {})
         for split in ("train", "test"):
+            n = self.n_images if ctx.final else self.periodic_n_images
+            inverted = split == "test" and ctx.model.encoding().get("encode") != "encoder"
+            if inverted and self.inverted_n_images is not None:
+                n = self.inverted_n_images if n is None else min(n, self.inverted_n_images)
             quality = reconstruction_quality(ctx, split, n, self.batch_size, ssim=split == "test")
             if quality is None:
                 continue
