@@ -500,3 +500,25 @@ def test_reconstruction_psnr_and_ssim_match_a_direct_computation(digits, tmp_pat
         results["recon_ssim_test"] == pytest.approx(float(ssim), rel=1e-4) and results["recon_ssim_test"] < 1
     )
     assert "recon_psnr_train" in results and "recon_ssim_train" not in results
+
+
+def test_the_real_radii_are_computed_once_per_evaluation(digits, tmp_path, monkeypatch):
+    """Samples and reconstructions are scored against one real set: its k-NN radii are computed once (the
+    evaluation's shared values), the samples' and the reconstructions' once each, and a new evaluation starts
+    afresh."""
+    import genbench.evaluators.generative as generative
+
+    sizes = []
+    real_radii = generative.manifold_radii
+
+    def counting(feats, k=3):
+        sizes.append(len(feats))
+        return real_radii(feats, k)
+
+    monkeypatch.setattr(generative, "manifold_radii", counting)
+    metrics = GenerativeMetrics(CountingPixels(), n_gen=60, n_ref=50, kid_subset_size=20)
+    results, _ = evaluate(metrics, Source(digits.images("train")), digits, tmp_path)
+    assert "recall_pixels@reconstruction" in results and "recall_pixels@prior" in results
+    assert sizes == [50]  # the real set's, once; each generated set's radii are precision_recall's own
+    evaluate(metrics, Source(digits.images("train")), digits, tmp_path)
+    assert sizes == [50, 50]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import urllib.error
 from pathlib import Path
@@ -27,6 +28,7 @@ from genbench.metrics import (
     inception_extractor,
     kernel_inception_distance,
     load_inception,
+    manifold_radii,
     memorisation_ratio,
     memorisation_ratio_of_distances,
     nearest_neighbours,
@@ -279,6 +281,27 @@ def test_precision_recall_match_brute_force():
     want = _brute_precision_recall(real.numpy(), fake.numpy(), 3)
     assert 0 < got.precision < 1 and 0 < got.recall < 1
     assert got == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "block"), [(600, 500, 2048), (3000, 2500, 700)])
+def test_precision_recall_equal_torch_fidelity_in_blocks_and_with_given_radii(n_real, n_fake, block, monkeypatch):
+    """genbench's own precision/recall (row blocks, real radii computed once) counts exactly what
+    torch-fidelity's ``prc_features_to_metric`` counts, whatever the block size, with or without given radii."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    module = importlib.import_module("genbench.metrics.precision_recall")  # the package exports the function
+    monkeypatch.setattr(module, "BLOCK_ROWS", block)
+    g = torch.Generator().manual_seed(n_real)
+    real, fake = torch.randn(n_real, 32, generator=g), torch.randn(n_fake, 32, generator=g) * 1.1 + 0.05
+    want = prc_features_to_metric(fake, real, prc_neighborhood=3, verbose=False)
+    radii = manifold_radii(real, 3)
+    assert radii.shape == (n_real,)
+    for got in (precision_recall(real, fake, k=3), precision_recall(real, fake, k=3, real_radii=radii)):
+        assert 0 < got.precision < 1 and 0 < got.recall < 1
+        assert round(got.precision * n_fake) == round(want["precision"] * n_fake)
+        assert round(got.recall * n_real) == round(want["recall"] * n_real)
+    with pytest.raises(ValueError, match="real_radii"):
+        precision_recall(real, fake, k=3, real_radii=radii[:-1])
 
 
 def test_precision_recall_edge_cases():

@@ -34,6 +34,7 @@ from genbench.metrics import (
     extract_features,
     fid_from_features,
     kernel_inception_distance,
+    manifold_radii,
     precision_recall,
 )
 from genbench.metrics.cache import feature_cache_path
@@ -222,7 +223,7 @@ class GenerativeMetrics:
         # generated features first, as torch-fidelity orders them (the subsets drawn depend on the order)
         kid = kernel_inception_distance(fake, real, self.kid_subsets, subset)
         timed["kid"], started = time.perf_counter() - started, time.perf_counter()
-        pr = precision_recall(real, fake, self.k)
+        pr = precision_recall(real, fake, self.k, real_radii=self._real_radii(ctx, real))
         timed["precision/recall"] = time.perf_counter() - started
         spent = ", ".join(f"{metric} {seconds:.1f}s" for metric, seconds in timed.items())
         log.info("%s metrics (%d vs %d): %s", name, fake.shape[0], real.shape[0], spent)
@@ -241,6 +242,17 @@ class GenerativeMetrics:
         for metric in ("precision", "recall"):
             protocols[f"{metric}_{name}@{sampler}"] = {**protocol, "k": self.k}
         return out
+
+    def _real_radii(self, ctx: EvalContext, real: Tensor) -> Tensor:
+        """The real set's k-NN radii, computed once per evaluation: every sampler and the reconstructions are
+        scored against the same real features (checked equal, not assumed)."""
+        key = f"real_radii_{self.features.name}_k{self.k}"
+        cached = ctx.shared.get(key)
+        if cached is not None and cached[0].shape == real.shape and torch.equal(cached[0], real):
+            return cached[1]
+        radii = manifold_radii(real, self.k)
+        ctx.shared[key] = (real, radii)
+        return radii
 
     def _flag_low_recall(self, ctx: EvalContext, out: dict[str, float]) -> None:
         """Compare the sampler's recall with the reconstructions' (the decoder's ceiling): a sampler far below

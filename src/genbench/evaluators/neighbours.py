@@ -180,7 +180,7 @@ class NearestNeighbours:
         self,
         rows: int = 8,
         k: int = 5,
-        n_samples: int = 10000,
+        n_samples: int = 5000,
         periodic_n_samples: int = 1000,
         batch_size: int = 500,
         chunk_size: int = 2048,

@@ -22,7 +22,7 @@ from genbench.metrics.neighbours import (
     memorisation_ratio_of_distances,
     nearest_neighbours,
 )
-from genbench.metrics.precision_recall import PrecisionRecall, precision_recall
+from genbench.metrics.precision_recall import PrecisionRecall, manifold_radii, precision_recall
 
 __all__ = [
     "FeatureExtractor",
@@ -38,6 +38,7 @@ __all__ = [
     "inception_extractor",
     "kernel_inception_distance",
     "load_inception",
+    "manifold_radii",
     "memorisation_ratio",
     "memorisation_ratio_of_distances",
     "nearest_neighbours",
