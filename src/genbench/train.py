@@ -46,7 +46,7 @@ from genbench.run.lifecycle import (
 )
 from genbench.run.lock import RunLock
 from genbench.run.loggers import build_loggers, finish_wandb
-from genbench.run.provenance import git_commit, library_versions
+from genbench.run.provenance import git_commit, library_versions, machine
 from genbench.run.quiet import silence_inapplicable_warnings
 from genbench.run.validation import ConfigError, validate_config
 
@@ -69,6 +69,10 @@ def build_callbacks(
         seed=cfg.seed,
         every_n_epochs=cfg.eval.every_n_epochs,
         samplers=list(cfg.eval.get("samplers") or []),
+        periodic_evaluators=(
+            list(cfg.eval.periodic_evaluators) if cfg.eval.get("periodic_evaluators") is not None else None
+        ),
+        periodic_at_end=bool(cfg.eval.get("periodic_at_end", False)),
     )
     guard = DivergenceGuard(cfg.divergence.check_every_n_steps)
     checkpoint = LastCheckpoint(
@@ -137,7 +141,9 @@ def final_metrics(
         "checkpoint": str(last_checkpoint(cfg.run_dir)),
         **{k.replace("/", "_") if k.startswith(("train/", "val/")) else k: v for k, v in logged.items()},
         **evaluation.results,
+        "n_train_images": len(trainer.datamodule.split("train")),
         "versions": library_versions(),
+        "machine": machine(model.device),
         "git_commit": git_commit(),
     }
 

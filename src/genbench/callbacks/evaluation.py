@@ -1,4 +1,9 @@
-"""Runs the configured evaluators at the end of training and every ``every_n_epochs`` epochs."""
+"""Runs the configured evaluators at the end of training and every ``every_n_epochs`` epochs.
+
+Each periodic evaluation is also a point of the run's learning curve (``curve`` in metrics.json): its epoch,
+batches and images seen, the training loop's seconds so far (evaluation excluded) and its scalar values, so
+quality can be read against compute. The curve is kept in checkpoints: a resumed run's curve is the whole run's.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from genbench.evaluators.base import Collectives, EvalContext, Evaluator
 from genbench.evaluators.distributed import is_sharded
 from genbench.evaluators.samplers import sample_sources
 from genbench.progress import format_seconds
-from genbench.run.callbacks import training_ends
+from genbench.run.callbacks import Throughput, training_ends
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +130,23 @@ class Evaluation(pl.Callback):
         seed: int = 0,
         every_n_epochs: int = 0,
         samplers: Sequence[str] = (),
+        periodic_evaluators: Sequence[str] | None = None,
+        periodic_at_end: bool = False,
     ) -> None:
+        unknown = sorted(set(periodic_evaluators or ()) - set(evaluators))
+        if unknown:
+            raise ValueError(
+                f"eval.periodic_evaluators names {unknown}, not among the evaluators {sorted(evaluators)}"
+            )
         self.evaluators = evaluators
+        # the periodic evaluations' evaluators (None: all of them) and whether the last epoch gets one too (a curve
+        # whose last point is at the same small N as the others; the final evaluation follows at the full N)
+        self.periodic = (
+            evaluators if periodic_evaluators is None else {n: evaluators[n] for n in periodic_evaluators}
+        )
+        self.periodic_at_end = periodic_at_end
+        self.curve: list[dict[str, Any]] = []
+        self.curve_protocols: dict[str, Any] = {}
         self.samplers = list(samplers)
         self.run_dir = Path(run_dir)
         self.seed = seed
@@ -136,15 +156,21 @@ class Evaluation(pl.Callback):
         self._evaluated_epoch = -1  # in checkpoints: a resumed run does not repeat an epoch's evaluation
 
     def state_dict(self) -> dict[str, Any]:
-        return {"evaluated_epoch": self._evaluated_epoch}
+        return {
+            "evaluated_epoch": self._evaluated_epoch,
+            "curve": self.curve,
+            "curve_protocols": self.curve_protocols,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._evaluated_epoch = int(state_dict.get("evaluated_epoch", -1))
+        self.curve = list(state_dict.get("curve", []))
+        self.curve_protocols = dict(state_dict.get("curve_protocols", {}))
 
     def _run(self, trainer: pl.Trainer, pl_module, final: bool) -> dict[str, Any]:
         distributed = trainer.world_size > 1
         results, ctx = run_evaluators(
-            self.evaluators,
+            self.evaluators if final else self.periodic,
             pl_module,
             trainer.datamodule,
             self.run_dir,
@@ -163,12 +189,32 @@ class Evaluation(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"{prefix}/{k}": v for k, v in scalars.items()}, step=trainer.global_step)
         log_pictures(trainer, ctx.pictures, trainer.global_step)
+        if not final:
+            self._add_curve_point(trainer, scalars, results.get("protocols", {}))
+        elif self.curve:
+            results["curve"] = {"points": self.curve, "protocols": self.curve_protocols}
         return results
+
+    def _add_curve_point(
+        self, trainer: pl.Trainer, scalars: dict[str, float], protocols: dict[str, Any]
+    ) -> None:
+        """The periodic evaluation as a learning-curve point, against the training loop's own time and images."""
+        throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+        self.curve.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "batches_seen": throughput.batches if throughput is not None else None,
+                "images_seen": throughput.images if throughput is not None else None,
+                "train_loop_seconds": throughput.loop_seconds if throughput is not None else None,
+                "values": scalars,
+            }
+        )
+        self.curve_protocols.update({k: v for k, v in protocols.items() if k in scalars})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
         last = training_ends(trainer)  # the final evaluation follows: no periodic one just before it
-        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not last:
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and (self.periodic_at_end or not last):
             if trainer.current_epoch == self._evaluated_epoch:
                 return
             self._run(trainer, pl_module, final=False)

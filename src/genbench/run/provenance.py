@@ -1,7 +1,10 @@
-"""What produced a result: library versions and the git commit, recorded in metrics.json and bench.json."""
+"""What produced a result: library versions, the machine and the git commit, recorded in metrics.json and
+bench.json."""
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +41,30 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device=None) -> dict[str, object]:
+    """Where a run ran: platform, CPU model, logical CPUs, torch's threads and the accelerator (timings mean
+    nothing without it). ``device``: the run's torch device (None: the CPU)."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device)
+        if device is not None and device.type == "cuda"
+        else "cpu",
+    }

@@ -289,6 +289,31 @@ def _check_samplers(cfg: DictConfig) -> None:
         _fail("eval.samplers", list(names), f"a list of sampler names ({choices})", ["gaussian", "gmm"])
 
 
+def _check_periodic(cfg: DictConfig) -> None:
+    """``eval.periodic_evaluators``: null (all) or names of configured ``eval.evaluators``; ``periodic_at_end``."""
+    _bool(cfg, "eval.periodic_at_end")
+    names = _get(cfg, "eval.periodic_evaluators")
+    if names in (_ABSENT, None):
+        return
+    evaluators = _get(cfg, "eval.evaluators")
+    known = (
+        sorted(k for k, v in evaluators.items() if v is not None)
+        if isinstance(evaluators, DictConfig)
+        else []
+    )
+    if (
+        not isinstance(names, ListConfig | list)
+        or not all(isinstance(n, str) for n in names)
+        or any(n not in known for n in names)
+    ):
+        _fail(
+            "eval.periodic_evaluators",
+            list(names) if isinstance(names, ListConfig) else names,
+            f"null (all) or a list of eval.evaluators names ({', '.join(known)})",
+            ["fid_classifier"],
+        )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Refuse a composed run config with an out-of-range value (``ConfigError``), before anything is built."""
     _int(cfg, "seed", 0, SEED_MAX, example=0)
@@ -297,6 +322,7 @@ def validate_config(cfg: DictConfig) -> None:
     _int(cfg, "eval.every_n_epochs", 0, example=0, note=" (0: evaluate only at the end)")
     _check_by_name(cfg, "eval")  # before the model, whose inversion_steps is ${eval.inversion_steps}
     _check_samplers(cfg)
+    _check_periodic(cfg)
     _check_model(cfg)
     _check_trainer(cfg)
     if _get(cfg, "checkpoint") not in (_ABSENT, None):
