@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install test-deps test test-slow lint format run bench classifiers leaderboard clean
+.PHONY: help install test-deps test test-slow lint format run bench classifiers leaderboard results results-render clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,12 @@ classifiers:  ## train the feature classifiers of MNIST and Fashion-MNIST ahead 
 
 leaderboard:  ## rank finished runs under outputs/ and multirun/
 	$(PY) -m genbench.leaderboard outputs multirun
+
+results:  ## the benchmark behind results/README.md: every sweep (~2 h on 2 CPU cores; GENBENCH_DATA), then the render
+	PY=$(PY) bash experiments/results.sh
+
+results-render:  ## re-render results/ from the finished runs under outputs/results
+	$(PY) -m genbench.results --layout results/layout.yaml --out results
 
 clean:  ## remove run outputs and caches (not .venv)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache
