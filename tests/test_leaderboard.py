@@ -96,7 +96,12 @@ def make_runs(base: Path) -> tuple[Path, Path]:
             "fid_inception@gaussian": gaussian,
             "fid_inception@imle": imle,
             "fid_classifier@gaussian": 5,
-            "protocols": {"fid_classifier@gaussian": PROTOCOL},
+            "protocols": {
+                "fid_classifier@gaussian": PROTOCOL,
+                # GLANN's protocol: its published rows sit beside these (Lucic's TF-Inception ones apart)
+                "fid_inception@gaussian": PROTOCOL,
+                "fid_inception@imle": PROTOCOL,
+            },
         }
         run = write_run(sweep / f"{seed}_glo_mnist_seed{seed}", metrics)
         (run / ".hydra").mkdir()
@@ -231,6 +236,30 @@ def test_published_rows_only_for_measured_datasets_unless_asked(roots):
         52.4, 0.5, None
     )
     assert everything.datasets == ["celeba", "fashion_mnist", "mnist"]
+
+
+def test_published_rows_sit_beside_ours_only_under_their_protocol(roots):
+    """GLANN's numbers (pytorch-fid Inception, 10k vs 10k test) join the MNIST table whose Inception FIDs were
+    measured that way; Lucic's (TensorFlow Inception) are listed apart with the reason, in Markdown and HTML; an
+    Inception FID at another N is not comparable either."""
+    from genbench.leaderboard.markdown import to_markdown
+
+    board = build_board(collect(roots), load_published(PUBLISHED))
+    (table,) = board.tables("mnist")
+    beside = {(r.model, r.sampler) for r in table.rows if r.published}
+    assert beside == {("glo", "gaussian"), ("glo", "imle")}
+    apart = {(r.model, r.sampler) for r in board.apart("mnist")}
+    assert apart == {("vae", "prior"), ("gan", "prior")}
+    markdown = to_markdown(board)
+    assert "Published numbers under other protocols" in markdown
+    assert "its protocol cannot be reproduced here" in markdown
+    glann = next(r for r in table.rows if r.published and r.sampler == "imle")
+    assert glann.comparable_with({"fid_inception": tuple(sorted(PROTOCOL.items()))})
+    assert not glann.comparable_with({"fid_inception": tuple(sorted({**PROTOCOL, "n_gen": 5000}.items()))})
+    assert not glann.comparable_with({"fid_inception": None})  # not recorded
+    with pytest.raises(ValueError, match="comparable_when"):
+        parse_published([{"name": "X", "model": "x", "sampler": "prior", "source": "s", "protocol": "p",
+                          "verified": False, "comparable_when": ["n_gen"]}])  # fmt: skip
 
 
 def test_published_yaml_is_strict():
@@ -1065,8 +1094,11 @@ def test_html_tables_rows_and_gallery(browser, page):
     rows = browser.js(
         "return Object.fromEntries([...document.querySelectorAll('table')].map(t => [t.id, t.rows.length]))"
     )
-    # header + measured rows + 4 published rows; problems: header + failed, running, 2 unfinished, 2 corrupt
-    assert rows == {"board-fashion_mnist": 1 + 2 + 4, "board-mnist": 1 + 3 + 4, "problems-table": 1 + 6}
+    # header + measured rows + the comparable published rows (MNIST: GLANN's two; Fashion-MNIST's Inception FID has
+    # no recorded protocol, so none); problems: header + failed, running, 2 unfinished, 2 corrupt
+    assert rows == {"board-fashion_mnist": 1 + 2, "board-mnist": 1 + 3 + 2, "problems-table": 1 + 6}
+    apart = browser.js("return [...document.querySelectorAll('.published-apart li')].map(li => li.textContent)")
+    assert len(apart) == 2 + 4 and all("Apart:" in line for line in apart)  # Lucic's VAE and GAN on MNIST
     images = browser.js(
         """return [...document.images].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width,
              i.className, i.closest('div.protocol-table').id, i.closest('figure').innerText])"""
@@ -1083,7 +1115,7 @@ def test_html_sort_from_url_hash(browser, page, descending):
     browser.load(page + ("#sort=-fid_inception" if descending else "#sort=fid_inception"))
     values = browser.js(COLUMN, "board-mnist", "fid_inception")
     numbers = [float(v) for v in values if v]
-    assert numbers == sorted(numbers, reverse=descending) and len(numbers) == 6
+    assert numbers == sorted(numbers, reverse=descending) and len(numbers) == 4
     assert values[len(numbers) :] == [""]  # the vae row without an Inception FID sorts last either way
 
 
@@ -1094,14 +1126,14 @@ def test_html_sort_by_clicking_headers(browser, page):
     browser.click(header)
     ascending = browser.js(COLUMN, "board-mnist", "fid_inception")
     assert ascending != before
-    assert [float(v) for v in ascending if v] == [6.7, 8.6, 10.0, 23.8, 49.6, 51.0] and ascending[-1] == ""
+    assert [float(v) for v in ascending if v] == [8.6, 10.0, 49.6, 51.0] and ascending[-1] == ""
     assert (
         browser.js("return document.querySelector(arguments[0]).getAttribute('aria-sort')", header)
         == "ascending"
     )
     browser.click(header)
     descending = browser.js(COLUMN, "board-mnist", "fid_inception")
-    assert [float(v) for v in descending if v] == [51.0, 49.6, 23.8, 10.0, 8.6, 6.7] and descending[-1] == ""
+    assert [float(v) for v in descending if v] == [51.0, 49.6, 10.0, 8.6] and descending[-1] == ""
     browser.click("#board-mnist th[data-key='model']")
     models = browser.js(
         "return [...document.querySelectorAll('#board-mnist tbody tr')].map(r => r.cells[0].textContent)"

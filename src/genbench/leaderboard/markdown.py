@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from genbench.leaderboard.collect import Problem, clean_text, clip, display_path
 from genbench.leaderboard.stats import Board, BoardRow, Table
 from genbench.leaderboard.text import (
+    APART_TITLE,
     INTRO,
+    apart_lines,
     format_stat,
     published_protocols,
     shown_metrics,
@@ -96,6 +98,9 @@ def to_markdown(board: Board) -> str:
             notes = [f"- {md(note)}" for note in table_notes(table.rows)]
             if notes:
                 lines += ["Skipped or dropped values:", "", *notes, ""]
+        apart = apart_lines(board, board.apart(data))
+        if apart:
+            lines += [f"{APART_TITLE}:", "", *(f"- {md(line)}" for line in apart), ""]
     lines += _md_problems(board.problems)
     if board.warnings:
         lines += ["## Warnings", "", *(f"- {md(w)}" for w in board.warnings), ""]

@@ -1,4 +1,9 @@
-"""Read published reference numbers (``experiments/published.yaml``) into board rows."""
+"""Read published reference numbers (``experiments/published.yaml``) into board rows.
+
+An entry's ``comparable_when`` (protocol fields, e.g. ``{n_gen: 10000, n_ref: 10000, reference_split: test}``) says
+when a measured column was judged as the paper judged: only then does the number sit in that table; without it (a
+protocol genbench cannot reproduce, such as TensorFlow's Inception) the number is listed apart.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 
 from genbench.leaderboard.stats import METRICS, BoardRow, Stat
 
-ENTRY_FIELDS = {"name", "model", "sampler", "source", "protocol", "verified"}
+ENTRY_FIELDS = {"name", "model", "sampler", "source", "protocol", "verified", "comparable_when"}
 METRIC_KEYS = {m.key for m in METRICS}
 
 
@@ -41,6 +46,15 @@ def parse_published(entries: Any, origin: str = "published numbers") -> list[Boa
             raise ValueError(f"{where}: missing keys {sorted(missing)}")
         if not isinstance(entry["verified"], bool):
             raise ValueError(f"{where}: 'verified' must be true or false")
+        when = entry.get("comparable_when")
+        if when is not None and (
+            not isinstance(when, dict)
+            or not when
+            or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in when.values())
+        ):
+            raise ValueError(
+                f"{where}.comparable_when: expected a mapping of protocol fields to values, or null"
+            )
         per_data: dict[str, dict[str, Stat]] = {}
         for metric in sorted(set(entry) & METRIC_KEYS):
             if not isinstance(entry[metric], dict):
@@ -65,6 +79,7 @@ def parse_published(entries: Any, origin: str = "published numbers") -> list[Boa
                     stats=stats,
                     protocol=str(entry["protocol"]),
                     verified=entry["verified"],
+                    comparable_when=None if when is None else tuple(sorted(when.items())),
                 )
             )
     return rows

@@ -28,7 +28,9 @@ from genbench.leaderboard.collect import clean_text, display_path
 from genbench.leaderboard.images import InlineImage, inline_png
 from genbench.leaderboard.stats import Board, BoardRow, Table
 from genbench.leaderboard.text import (
+    APART_TITLE,
     INTRO,
+    apart_lines,
     format_number,
     format_stat,
     published_protocols,
@@ -193,6 +195,13 @@ def to_html(board: Board) -> str:
                     + "</ul>"
                 )
             parts += [_gallery(board, table.rows, images), "</div>"]
+        apart = apart_lines(board, board.apart(data))
+        if apart:
+            parts.append(
+                f'<div class="published-apart"><p class="notes-title">{e(APART_TITLE)}:</p><ul class="notes">'
+                + "".join(f"<li>{e(line)}</li>" for line in apart)
+                + "</ul></div>"
+            )
         parts.append("</section>")
     if board.problems:
         parts.append(_problems(board))

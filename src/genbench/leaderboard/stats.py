@@ -43,6 +43,8 @@ from genbench.leaderboard.collect import (
 
 MEASURED = "measured"
 
+_ABSENT = object()
+
 # A protocol as compared: its fields sorted by name, or None for "not recorded".
 Protocol = tuple[tuple[str, Any], ...] | None
 
@@ -138,6 +140,20 @@ class BoardRow:
     git_commits: tuple[str, ...] = ()
     protocols: dict[str, Protocol] = field(default_factory=dict)  # measured rows: metric -> its one protocol
     reevaluated: int = 0  # runs whose values here come from a re-evaluation (other_protocols)
+    # published rows: the protocol fields a measured column must have for the number to sit beside it (None: the
+    # paper's protocol cannot be reproduced here, e.g. TensorFlow's Inception: always listed apart)
+    comparable_when: tuple[tuple[str, Any], ...] | None = None
+
+    def comparable_with(self, protocols: dict[str, Protocol]) -> bool:
+        """Whether this published row was measured under the protocol of a table's columns: each of its metrics
+        is a column there whose protocol has every ``comparable_when`` field with the same value."""
+        if self.comparable_when is None or not self.stats:
+            return False
+        for metric in self.stats:
+            measured = dict(protocols.get(metric) or ())
+            if not measured or any(measured.get(k, _ABSENT) != v for k, v in self.comparable_when):
+                return False
+        return True
 
     @property
     def published(self) -> bool:
@@ -178,7 +194,8 @@ class Board:
         return [row for row in self.rows if row.data == data]
 
     def tables(self, data: str) -> list[Table]:
-        """The dataset's measured rows split into tables of one protocol each (each with the published rows)."""
+        """The dataset's measured rows split into tables of one protocol each, each with the published rows
+        measured under that protocol (:meth:`BoardRow.comparable_with`); the others are :meth:`apart`."""
         rows = self.table(data)
         clusters = _by_size(
             cluster_by_protocol([r for r in rows if not r.published], lambda r: r.protocols),
@@ -189,13 +206,18 @@ class Board:
         tables = []
         for i, (protocols, members) in enumerate(clusters):
             ids = {id(r) for r in members}
-            shown = [r for r in rows if r.published or id(r) in ids]  # the board's order: published beside
+            # the board's order: a comparable published row beside the measured rows of its model and sampler
+            shown = [r for r in rows if (r.published and r.comparable_with(protocols)) or id(r) in ids]
             tables.append(Table(data, i, len(clusters), protocols, shown))
         return tables
 
+    def apart(self, data: str) -> list[BoardRow]:
+        """The dataset's published rows that no table's protocol matches: listed apart, never beside ours."""
+        shown = {id(r) for table in self.tables(data) for r in table.rows}
+        return [r for r in self.table(data) if r.published and id(r) not in shown]
+
 
 T = TypeVar("T")
-_ABSENT = object()
 
 
 def cluster_by_protocol(

@@ -125,3 +125,24 @@ def table_notes(rows) -> list[str]:
         for note in row.notes:
             where.setdefault(note, []).append(f"{row.model}/{row.sampler}")
     return [f"{', '.join(names)}: {note}" for note, names in where.items()]
+
+
+APART_TITLE = "Published numbers under other protocols (not comparable with the tables above)"
+
+
+def apart_lines(board: Board, rows: Sequence[BoardRow]) -> list[str]:
+    """One line per published row listed apart: its numbers, its protocol, and why no table matches it."""
+    labels = {m.key: m.label for m in board.metrics}
+    lines = []
+    for row in rows:
+        values = ", ".join(
+            f"{labels.get(k, k)} {format_stat(stat, None)}" for k, stat in sorted(row.stats.items())
+        )
+        if row.comparable_when is None:
+            why = "its protocol cannot be reproduced here"
+        else:
+            why = f"no table here measured {', '.join(sorted(row.stats))} with {_fields(row.comparable_when)}"
+        lines.append(
+            f"{row.model} / {row.sampler}: {values}. {source_text(row)}. Protocol: {row.protocol}. Apart: {why}."
+        )
+    return lines
