@@ -257,6 +257,14 @@ def test_kid_mean_and_std_over_subsets_equal_brute_force_with_the_same_draws():
     assert kid.std == pytest.approx(np.std(mmds), rel=1e-8)
 
 
+def test_kid_of_whole_equal_sized_sets_is_one_mmd_with_no_spread():
+    """Subsets as large as both sets are the sets themselves: the mean of 100 such draws is their one MMD^2."""
+    x, y = torch.randn(40, 5, dtype=torch.float64), torch.randn(40, 5, dtype=torch.float64) + 0.5
+    kid = kernel_inception_distance(x, y, num_subsets=100, subset_size=40, seed=1)
+    assert kid.mean == pytest.approx(_brute_mmd2_unbiased(x.numpy(), y.numpy()), rel=1e-10)
+    assert kid.std == 0.0
+
+
 def test_kid_rejects_a_subset_larger_than_a_set():
     with pytest.raises(ValueError, match="subset size"):
         kernel_inception_distance(torch.randn(10, 3), torch.randn(8, 3), num_subsets=1, subset_size=9)
