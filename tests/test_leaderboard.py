@@ -1097,7 +1097,9 @@ def test_html_tables_rows_and_gallery(browser, page):
     # header + measured rows + the comparable published rows (MNIST: GLANN's two; Fashion-MNIST's Inception FID has
     # no recorded protocol, so none); problems: header + failed, running, 2 unfinished, 2 corrupt
     assert rows == {"board-fashion_mnist": 1 + 2, "board-mnist": 1 + 3 + 2, "problems-table": 1 + 6}
-    apart = browser.js("return [...document.querySelectorAll('.published-apart li')].map(li => li.textContent)")
+    apart = browser.js(
+        "return [...document.querySelectorAll('.published-apart li')].map(li => li.textContent)"
+    )
     assert len(apart) == 2 + 4 and all("Apart:" in line for line in apart)  # Lucic's VAE and GAN on MNIST
     images = browser.js(
         """return [...document.images].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width,

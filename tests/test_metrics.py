@@ -292,7 +292,9 @@ def test_precision_recall_match_brute_force():
 
 
 @pytest.mark.parametrize(("n_real", "n_fake", "block"), [(600, 500, 2048), (3000, 2500, 700)])
-def test_precision_recall_equal_torch_fidelity_in_blocks_and_with_given_radii(n_real, n_fake, block, monkeypatch):
+def test_precision_recall_equal_torch_fidelity_in_blocks_and_with_given_radii(
+    n_real, n_fake, block, monkeypatch
+):
     """genbench's own precision/recall (row blocks, real radii computed once) counts exactly what
     torch-fidelity's ``prc_features_to_metric`` counts, whatever the block size, with or without given radii."""
     from torch_fidelity.metric_prc import prc_features_to_metric

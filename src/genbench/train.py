@@ -114,6 +114,11 @@ def lightning_limits(cfg: DictConfig) -> dict[str, Any]:
     return {"max_steps": -1, "max_epochs": -1 if max_epochs is None else max_epochs}
 
 
+def device_name(device: torch.device) -> str:
+    """ "cpu", or the accelerator's model name (an H200, not "cuda:0")."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def batches_seen(trainer: pl.Trainer, throughput: Throughput) -> int:
     """Training batches of the whole run (Lightning's count where the checkpoint predates genbench's own)."""
     if throughput.batches is not None:
@@ -143,7 +148,7 @@ def final_metrics(
         **evaluation.results,
         "n_train_images": len(trainer.datamodule.split("train")),
         "versions": library_versions(),
-        "machine": machine(model.device),
+        "machine": machine(torch.get_num_threads(), device_name(model.device)),
         "git_commit": git_commit(),
     }
 

@@ -37,7 +37,18 @@ log = logging.getLogger(__name__)
 
 RUN_MARKERS = (".hydra", "checkpoints")
 # Measurements that do not depend on the sampler: repeated on each of a run's rows.
-RUN_METRICS = ("recon_mse_train", "recon_mse_test", "train_seconds", "images_per_second")
+RUN_METRICS = (
+    "recon_mse_train",
+    "recon_mse_test",
+    "recon_psnr_train",
+    "recon_psnr_test",
+    "recon_ssim_train",
+    "recon_ssim_test",
+    "probe_linear_acc",
+    "probe_1nn_acc",
+    "train_seconds",
+    "images_per_second",
+)
 MAX_METRICS_BYTES = 16 * 2**20  # a real metrics.json is a few KiB
 MAX_NAME_CHARS = 200  # data, model and sampler names, seeds, metric names
 MAX_TEXT_CHARS = 2000  # skip reasons, errors, protocol values as shown (a protocol is compared in full)

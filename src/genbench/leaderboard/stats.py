@@ -68,6 +68,10 @@ METRICS = (
     Metric("recall_classifier", "recall (classifier)", True),
     Metric("recon_mse_train", "recon MSE train"),
     Metric("recon_mse_test", "recon MSE test"),
+    Metric("recon_psnr_test", "recon PSNR test", True),
+    Metric("recon_ssim_test", "recon SSIM test", True),
+    Metric("probe_linear_acc", "linear probe acc", True),
+    Metric("probe_1nn_acc", "1-NN acc", True),
     Metric("train_seconds", "train s"),
     Metric("images_per_second", "images/s", True),
 )

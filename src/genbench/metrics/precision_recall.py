@@ -66,7 +66,9 @@ def precision_recall(
     real_radii = real_radii.to(fake_feats.device, fake_feats.dtype)
     fake_radii = manifold_radii(fake_feats, k)
 
-    inside_real = torch.zeros(n_fake, dtype=torch.bool, device=fake_feats.device)  # precision: fake in a real ball
+    inside_real = torch.zeros(
+        n_fake, dtype=torch.bool, device=fake_feats.device
+    )  # precision: fake in a real ball
     covered = []  # recall: real point in a fake ball
     for block in real_feats.split(BLOCK_ROWS):
         real_start = sum(len(c) for c in covered)

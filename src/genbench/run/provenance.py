@@ -54,17 +54,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(device=None) -> dict[str, object]:
+def machine(torch_threads: int, device: str = "cpu") -> dict[str, object]:
     """Where a run ran: platform, CPU model, logical CPUs, torch's threads and the accelerator (timings mean
-    nothing without it). ``device``: the run's torch device (None: the CPU)."""
-    import torch
-
+    nothing without it). Torch's values are passed in: this module stays importable without torch."""
     return {
         "platform": platform.platform(),
         "processor": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device)
-        if device is not None and device.type == "cuda"
-        else "cpu",
+        "torch_threads": torch_threads,
+        "device": device,
     }
