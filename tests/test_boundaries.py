@@ -142,6 +142,12 @@ RULES: tuple[Rule, ...] = (
         forbidden=TORCH,
     ),
     Rule(
+        "the results renderer and the Pillow drawing it shares read files and draw: no torch, Lightning, models, "
+        "callbacks, evaluators or training",
+        subjects=("genbench.results", "genbench.drawing", "genbench.panels"),
+        forbidden=(*TORCH, "genbench.models", "genbench.callbacks", "genbench.evaluators", "genbench.train"),
+    ),
+    Rule(
         "bench does not import train (git_commit lives in genbench.run.provenance)",
         subjects=("genbench.bench",),
         forbidden=("genbench.train",),

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from genbench import drawing
 from genbench.callbacks.evaluation import run_evaluators
 from genbench.data import ImageDataModule
 from genbench.data.sources import DigitsSource
@@ -52,13 +53,13 @@ def png_size(path) -> tuple[int, int]:
 def captions(monkeypatch) -> list[str]:
     """Every caption text drawn while the test runs."""
     drawn: list[str] = []
-    strip = pictures.caption_strip
+    strip = drawing.caption_strip
 
     def spy(text, width, *args, **kwargs):
         drawn.append(text)
         return strip(text, width, *args, **kwargs)
 
-    monkeypatch.setattr(pictures, "caption_strip", spy)
+    monkeypatch.setattr(drawing, "caption_strip", spy)
     return drawn
 
 
@@ -244,7 +245,7 @@ class Weighted:
 
 
 def neighbour_row_height() -> int:
-    return CELL + pictures.line_height(pictures.font(neighbours_module.DISTANCE_SIZE)) + 2
+    return CELL + drawing.line_height(drawing.font(neighbours_module.DISTANCE_SIZE)) + 2
 
 
 def neighbour_lefts(k: int, blocks: int) -> list[int]:

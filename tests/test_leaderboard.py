@@ -1176,3 +1176,36 @@ def test_a_note_shared_by_rows_is_listed_once_naming_them():
         SimpleNamespace(model="glo", sampler="gmm", notes=("fid_inception skipped: no weights", "other")),
     ]
     assert table_notes(rows) == ["vae/prior, glo/gmm: fid_inception skipped: no weights", "glo/gmm: other"]
+
+
+def test_a_seed_in_a_protocol_record_does_not_split_the_seeds(tmp_path):
+    """Path-length records of older runs carried the run's seed: the seeds must still average into one row."""
+    for seed in (0, 1):
+        metrics = finished("glo", "mnist", seed)
+        metrics["path_length_classifier@gaussian"] = 10.0 + seed
+        metrics["protocols"] = {"path_length_classifier@gaussian": {"n_pairs": 2000, "seed": seed}}
+        write_run(tmp_path / f"seed{seed}", metrics)
+    board = build_board(collect([tmp_path]))
+    (only,) = [r for r in board.rows if r.sampler == "gaussian"]
+    assert only.n == 2 and only.stats["path_length_classifier"].mean == 10.5
+
+
+def test_a_protocol_field_naming_the_rows_sampler_does_not_split_tables(tmp_path):
+    """Older path-length records named the sampler in `codes`: a model's samplers still share one table, while a
+    real difference (codes encoded from images) still splits."""
+    metrics = finished("glo", "mnist", 0)
+    metrics["protocols"] = {}
+    for sampler, codes in [
+        ("gaussian", "model.sample_codes (gaussian)"),
+        ("gmm", "the gmm sampler fitted to the codes"),
+    ]:
+        metrics[f"path_length_classifier@{sampler}"] = 10.0
+        metrics["protocols"][f"path_length_classifier@{sampler}"] = {"n_pairs": 2000, "codes": codes}
+    write_run(tmp_path / "a", metrics)
+    assert len(build_board(collect([tmp_path])).tables("mnist")) == 1
+    other = finished("vae", "mnist", 0, **{"path_length_classifier@prior": 3.0})
+    other["protocols"] = {
+        "path_length_classifier@prior": {"n_pairs": 2000, "codes": "model.encode of 4000 images"}
+    }
+    write_run(tmp_path / "b", other)
+    assert len(build_board(collect([tmp_path])).tables("mnist")) == 2

@@ -187,7 +187,8 @@ def test_path_length_on_classifier_features_with_its_protocol(genbench_cache, tr
     value = results["path_length_classifier@prior"]
     assert math.isfinite(value) and value > 0
     protocol = results["protocols"]["path_length_classifier@prior"]
-    assert protocol["n_pairs"] == 300 and protocol["epsilon"] == EPS and protocol["seed"] == 0
+    assert protocol["n_pairs"] == 300 and protocol["epsilon"] == EPS
+    assert "seed" not in protocol  # the run's seed is what seeds differ by, not the protocol
     assert protocol["interpolation"] == "lerp" and "encode" in protocol["codes"]
     assert protocol["feature_digest"] == trained.digest and trained.digest in protocol["feature_extractor"]
     assert "1st percentile" in protocol["trim"]
@@ -207,7 +208,7 @@ def test_sampler_codes_slerp_and_pixels(digits, tmp_path):
     model = Linear(geometry="sphere", sampler=True)
     results, _ = evaluate(PathLength(features="pixels", n_pairs=200), model, digits, tmp_path)
     protocol = results["protocols"]["path_length_pixels@normal"]
-    assert protocol["interpolation"] == "slerp" and "normal sampler" in protocol["codes"]
+    assert protocol["interpolation"] == "slerp" and protocol["sampler"] == "normal" and "sampler" in protocol["codes"]
     assert protocol["feature_extractor"].startswith("pixels")
     assert results["path_length_pixels@normal"] > 0
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genbench.drawing import PALETTE
 from genbench.evaluators.base import EvalContext
 from genbench.evaluators.pictures import MIN_CELL, save_grid
 from genbench.evaluators.sampling import held_out_split
@@ -22,19 +23,7 @@ from genbench.interface import EncoderUnavailable
 
 log = logging.getLogger(__name__)
 
-# matplotlib's tab10, so class colours look familiar; unlabelled images (label -1) are grey.
-PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
+# unlabelled images (label -1) are grey; the labelled ones take the PALETTE's (tab10) colours
 UNLABELLED = (160, 160, 160)
 
 

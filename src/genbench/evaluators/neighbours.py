@@ -27,22 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from genbench.drawing import BACKGROUND, TEXT, font, line_height, with_caption, wrap
 from genbench.evaluators.base import EvalContext
 from genbench.evaluators.features import FeatureSource, FeaturesUnavailable, load_alone
-from genbench.evaluators.pictures import (
-    BACKGROUND,
-    MIN_CELL,
-    SEPARATOR,
-    TEXT,
-    font,
-    line_height,
-    save_picture,
-    to_pil,
-    to_tensor,
-    upscale_factor,
-    with_caption,
-    wrap,
-)
+from genbench.evaluators.pictures import MIN_CELL, SEPARATOR, save_picture, to_pil, to_tensor, upscale_factor
 from genbench.evaluators.sampling import draw_samples
 from genbench.metrics import FeatureExtractor, cached_features, extract_features
 from genbench.metrics.cache import feature_cache_path

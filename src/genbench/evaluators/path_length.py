@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 CODE_SOURCES = ("auto", "sampler", "encoded")
 CODE_OFFSET, T_OFFSET, REFRESH_OFFSET = 41, 42, 43  # ctx.generator offsets
+# The protocol's `codes` for drawn codes: the same for every sampler (its name is the protocol's `sampler`, which
+# the leaderboard's rows differ by), so one model's samplers share one table.
+SAMPLED = "drawn from the sampler (model.sample_codes, or the sampler fitted to the codes)"
 TRIM = (
     "values below the 1st percentile (numpy 'lower') and above the 99th (numpy 'higher') discarded before the "
     "mean, as StyleGAN"
@@ -124,11 +127,11 @@ class PathLength:
             "interpolation": interpolation,
             "latent_geometry": geometry,
             "codes": codes,
+            "sampler": ctx.sampler_name,
             "distance": "squared Euclidean distance of the features at t and t + epsilon, / epsilon^2",
             "feature_extractor": features.description,
             "feature_digest": features.digest,
             "trim": TRIM,
-            "seed": ctx.seed,
         }
         return {key: mean}
 
@@ -153,13 +156,11 @@ class PathLength:
     def _sampled(self, ctx: EvalContext, n: int, generator: torch.Generator) -> tuple[Tensor, str] | None:
         model = ctx.model
         if not ctx.own_sampler:  # a sampler fitted to the codes after training: its own draws
-            return ctx.source.sample_codes(
-                n, generator
-            ), f"the {ctx.sampler_name} sampler fitted to the codes"
+            return ctx.source.sample_codes(n, generator), SAMPLED
         sample_codes: Callable[..., Tensor] | None = getattr(model, "sample_codes", None)
         if callable(sample_codes):
             try:
-                return sample_codes(n, generator=generator), f"model.sample_codes ({model.sampler_name})"
+                return sample_codes(n, generator=generator), SAMPLED
             except NotImplementedError:  # the contract's default: this model does not expose its prior codes
                 pass
         sampler = getattr(model, "sampler", None)
@@ -167,9 +168,7 @@ class PathLength:
             model.sample(
                 1, generator=ctx.generator(REFRESH_OFFSET)
             )  # refits a sampler the codes have outgrown
-            return sampler.sample(
-                n, generator
-            ), f"the model's {model.sampler_name} sampler (what sample decodes)"
+            return sampler.sample(n, generator), SAMPLED
         return None
 
     def _encoded(self, ctx: EvalContext, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, str]:

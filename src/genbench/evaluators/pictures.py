@@ -4,7 +4,7 @@ picture evaluator shares.
 A grid is ``make_grid`` of the images, optionally made readable (``save_grid``'s keywords): each image upscaled with
 nearest-neighbour so a cell is at least ``min_cell`` pixels (digits 16 px x3, MNIST 28 px x2, 64 px images as they
 are), a 2 px white separator, labels at the left of each row and/or above each column, and a caption strip on top
-saying what the picture shows. Text is drawn with Pillow's default font; no matplotlib.
+saying what the picture shows. Text is drawn with Pillow's default font (:mod:`genbench.drawing`); no matplotlib.
 
 What the loggers get: ``ctx.pictures[name]`` holds exactly the picture written to ``<name>.png`` (captioned and
 upscaled; RGB, (3, H, W) in [0, 1]), so W&B and TensorBoard show the same labelled picture as the run directory.
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from genbench.drawing import BACKGROUND, LABEL_SIZE, TEXT, font, line_height, with_caption
 from genbench.evaluators.base import EvalContext
 from genbench.evaluators.sampling import draw_samples, held_out_split
 from genbench.io import atomic_path
@@ -31,68 +32,6 @@ if TYPE_CHECKING:
 
 MIN_CELL = 48  # pixels: the smallest side of a grid cell after upscaling
 SEPARATOR = 2  # pixels of white between cells
-CAPTION_SIZE = 13  # font sizes (pixels)
-LABEL_SIZE = 12
-TEXT = (30, 30, 30)
-BACKGROUND = (255, 255, 255)
-
-
-def font(size: int = LABEL_SIZE):
-    """Pillow's default font at ``size`` px (its bitmap font where Pillow was built without FreeType)."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # old Pillow, or no FreeType
-        return ImageFont.load_default()
-
-
-def line_height(text_font) -> int:
-    box = text_font.getbbox("Ag")
-    return int(box[3]) + 4
-
-
-def wrap(text: str, width: int, text_font) -> list[str]:
-    """``text`` broken into lines of at most ``width`` pixels at word boundaries (explicit newlines kept)."""
-    lines: list[str] = []
-    for paragraph in text.split("\n"):
-        line = ""
-        for word in paragraph.split(" "):
-            candidate = f"{line} {word}" if line else word
-            if line and text_font.getlength(candidate) > width:
-                lines.append(line)
-                line = word
-            else:
-                line = candidate
-        lines.append(line)
-    return lines
-
-
-def caption_strip(text: str, width: int, size: int = CAPTION_SIZE) -> PILImage.Image:
-    """A white RGB strip ``width`` wide holding ``text``, wrapped, in dark grey."""
-    from PIL import Image, ImageDraw
-
-    text_font, pad = font(size), 6
-    lines = wrap(text, max(width - 2 * pad, 1), text_font)
-    step = line_height(text_font)
-    strip = Image.new("RGB", (width, 2 * pad + step * len(lines)), BACKGROUND)
-    draw = ImageDraw.Draw(strip)
-    for i, line in enumerate(lines):
-        draw.text((pad, pad + i * step), line, fill=TEXT, font=text_font)
-    return strip
-
-
-def with_caption(image: PILImage.Image, caption: str | None) -> PILImage.Image:
-    """``image`` (RGB) with a caption strip above it; ``image`` itself when ``caption`` is empty."""
-    from PIL import Image
-
-    if not caption:
-        return image
-    strip = caption_strip(caption, image.width)
-    out = Image.new("RGB", (image.width, strip.height + image.height), BACKGROUND)
-    out.paste(strip, (0, 0))
-    out.paste(image, (0, strip.height))
-    return out
 
 
 def upscale_factor(height: int, width: int, min_cell: int) -> int:

@@ -376,15 +376,16 @@ def format_nonfinite(x: float) -> str:
     return "NaN" if math.isnan(x) else ("+Infinity" if x > 0 else "-Infinity")
 
 
-def read_run(path: Path) -> Run | Problem:
-    """Parse one run directory. Raises ValueError when metrics.json is corrupt, unsafe or too large."""
+def read_metrics_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in the run directory ``path``'s metrics.json, as written (nothing checked but that it is
+    an object); None when there is none. Raises ValueError when it is corrupt, unsafe or too large."""
     where = display_path(path / METRICS_FILE)
     try:
         metrics_file = contained_file(path, METRICS_FILE)
     except UnsafeFile as err:
         raise ValueError(f"{where}: {err}") from err
     if metrics_file is None:
-        return Problem(path, "unfinished", "no metrics.json")
+        return None
     try:
         raw = read_regular_file(metrics_file, MAX_METRICS_BYTES)
     except OSError as err:
@@ -399,6 +400,15 @@ def read_run(path: Path) -> Run | Problem:
         raise ValueError(f"cannot read {where}: {clip(clean_text(str(err)), 300)}") from err
     if not isinstance(metrics, dict):
         raise ValueError(f"{where} holds a JSON {type(metrics).__name__}, not an object")
+    return metrics
+
+
+def read_run(path: Path) -> Run | Problem:
+    """Parse one run directory. Raises ValueError when metrics.json is corrupt, unsafe or too large."""
+    where = display_path(path / METRICS_FILE)
+    metrics = read_metrics_object(path)
+    if metrics is None:
+        return Problem(path, "unfinished", "no metrics.json")
     status = metrics.get("status")
     if status == RUNNING:
         try:

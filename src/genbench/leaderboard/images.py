@@ -33,6 +33,21 @@ class InlineImage:
     height: int
 
 
+def open_png(path: Path, max_side: int = MAX_SIDE_PX):
+    """The PNG file ``path`` as a Pillow image (in its own mode) of at most ``max_side`` pixels a side (never
+    enlarged), decoded from its bytes; raises when it cannot be used (not a regular file, over MAX_IMAGE_BYTES or
+    MAX_IMAGE_PIXELS, not a PNG), with whichever exception type Pillow raises on a hostile file."""
+    from PIL import Image  # lazy: only the pictures need Pillow
+
+    data = read_regular_file(path, MAX_IMAGE_BYTES)
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"{width}x{height} pixels, over the {MAX_IMAGE_PIXELS} the leaderboard decodes")
+        image.thumbnail((max_side, max_side))
+        return image.copy()
+
+
 def inline_png(
     path: Path, max_side: int = MAX_SIDE_PX, problems: list[str] | None = None
 ) -> InlineImage | None:
@@ -40,19 +55,10 @@ def inline_png(
     it cannot be used (not a regular file, over MAX_IMAGE_BYTES or MAX_IMAGE_PIXELS, not a PNG), with why
     appended to ``problems`` and logged."""
     try:
-        from PIL import Image  # lazy: only the HTML page needs Pillow
-
-        data = read_regular_file(path, MAX_IMAGE_BYTES)
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ValueError(
-                    f"{width}x{height} pixels, over the {MAX_IMAGE_PIXELS} the leaderboard decodes"
-                )
-            image.thumbnail((max_side, max_side))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG", optimize=True)
-            size = image.size
+        image = open_png(path, max_side)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+        size = image.size
     except Exception as err:  # Pillow raises many types on a hostile file; none may stop the board
         message = clean_text(f"{display_path(path)}: samples not embedded: {clip(str(err), 300)}")
         log.warning(message)

@@ -45,7 +45,7 @@ def md(text: object) -> str:
     return " ".join(clean_text(str(text)).split()).translate(_MD_ESCAPES)
 
 
-def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+def md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
     return lines
@@ -60,7 +60,7 @@ def _md_source(row: BoardRow, markers: dict[str, str]) -> str:
     return f"{text} [{markers[row.protocol]}]" if row.published else text
 
 
-def _md_protocol_line(table: Table) -> str:
+def md_protocol_line(table: Table) -> str:
     summary, details = table_caption(table)
     extra = [f"{md(metrics)}: {md(fields)}" for metrics, fields in details if fields]
     return f"Protocol: {md(summary)}" + "".join(f"; {part}" for part in extra)
@@ -88,7 +88,7 @@ def to_markdown(board: Board) -> str:
                 ]
                 for row in table.rows
             ]
-            lines += [_md_protocol_line(table), ""]
+            lines += [md_protocol_line(table), ""]
             lines += ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
             lines += ["| " + " | ".join(cells) + " |" for cells in body]
             lines.append("")
@@ -101,19 +101,19 @@ def to_markdown(board: Board) -> str:
         apart = apart_lines(board, board.apart(data))
         if apart:
             lines += [f"{APART_TITLE}:", "", *(f"- {md(line)}" for line in apart), ""]
-    lines += _md_problems(board.problems)
+    lines += md_problems(board.problems)
     if board.warnings:
         lines += ["## Warnings", "", *(f"- {md(w)}" for w in board.warnings), ""]
     return "\n".join(lines)
 
 
-def _md_problems(problems: Sequence[Problem]) -> list[str]:
+def md_problems(problems: Sequence[Problem]) -> list[str]:
     if not problems:
         return []
     body = [[display_path(p.path), p.status, _short(p.error)] for p in problems]
     return [
         "## Failed or unfinished runs (not averaged)",
         "",
-        *_md_table(["path", "status", "error"], body),
+        *md_table(["path", "status", "error"], body),
         "",
     ]

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from genbench.leaderboard.collect import clean_text, display_path
-from genbench.leaderboard.images import InlineImage, inline_png
+from genbench.leaderboard.images import MAX_SIDE_PX, InlineImage, inline_png
 from genbench.leaderboard.stats import Board, BoardRow, Table
 from genbench.leaderboard.text import (
     APART_TITLE,
@@ -163,19 +163,21 @@ def _problems(board: Board) -> str:
     )
 
 
-def to_html(board: Board) -> str:
+def to_html(board: Board, title: str = "genbench leaderboard", image_side: int | None = MAX_SIDE_PX) -> str:
+    """The page; its sample grids at most ``image_side`` pixels a side (None: no gallery), so that a board of
+    many rows stays a page of a few MiB."""
     image_problems: list[str] = []
     images = {
-        row.samples.path: inline_png(row.samples.path, problems=image_problems)
+        row.samples.path: inline_png(row.samples.path, image_side, problems=image_problems)
         for row in board.rows
-        if row.samples is not None
+        if row.samples is not None and image_side is not None
     }
     parts = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>genbench leaderboard</title>",
+        f"<title>{e(title)}</title>",
         f"<style>\n{static_text('leaderboard.css')}</style>\n</head>\n<body>",
-        "<h1>genbench leaderboard</h1>",
+        f"<h1>{e(title)}</h1>",
         f'<p class="intro">{e(INTRO)} Click a column header to sort, a sample grid to enlarge it.</p>',
     ]
     if not board.rows:

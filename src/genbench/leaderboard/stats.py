@@ -250,9 +250,22 @@ def _by_size(
     return sorted(clusters, key=lambda c: -sum(size(m) for m in c[1]))
 
 
+def _names_the_sampler(key: str, value: Any, sampler: str) -> bool:
+    """A field that only says which sampler the row is: ``sampler`` itself, or an older path-length record's
+    ``codes`` naming it (now ``codes`` says how codes are drawn and ``sampler`` which)."""
+    if key == "sampler":
+        return value == sampler
+    return key == "codes" and value in (
+        f"model.sample_codes ({sampler})",
+        f"the {sampler} sampler fitted to the codes",
+        f"the model's {sampler} sampler (what sample decodes)",
+    )
+
+
 def protocols_of(row: RunRow) -> dict[str, Protocol]:
     """The protocol of each of the row's generative values (run-level metrics such as training time have none);
-    a ``sampler`` field naming the row's own sampler is left out, since rows already differ by sampler."""
+    a field naming the row's own sampler is left out, since rows already differ by sampler (:func:`_names_the_sampler`),
+    and a ``seed`` field (older path-length records) too: seeds are what a row averages over, not a protocol."""
     out: dict[str, Protocol] = {}
     for metric in row.values:
         if metric in RUN_METRICS:
@@ -263,7 +276,11 @@ def protocols_of(row: RunRow) -> dict[str, Protocol]:
             if record is None
             else tuple(
                 sorted(
-                    ((k, v) for k, v in record.items() if not (k == "sampler" and v == row.sampler)),
+                    (
+                        (k, v)
+                        for k, v in record.items()
+                        if not _names_the_sampler(k, v, row.sampler) and k != "seed"
+                    ),
                     key=lambda kv: kv[0],
                 )
             )
@@ -304,7 +321,7 @@ def _protocol_difference(clusters: Sequence[dict[str, Protocol]]) -> str:
     return text if len(text) <= 500 else text[:499] + "…"
 
 
-def _fid(row: RunRow) -> tuple[str | None, float]:
+def ranking_fid(row: RunRow) -> tuple[str | None, float]:
     """The FID a run is ranked by for its samples (Inception, else classifier) and its value; inf when none."""
     for key in ("fid_inception", "fid_classifier"):
         value = row.values.get(key)
@@ -313,7 +330,7 @@ def _fid(row: RunRow) -> tuple[str | None, float]:
     return None, math.inf
 
 
-def _sample_names(row: RunRow, sampler: str) -> tuple[str, ...]:
+def sample_names(row: RunRow, sampler: str) -> tuple[str, ...]:
     """The grids that show ``sampler``'s draws in ``row``'s run: ``samples_<sampler>.png``, and ``samples.png``
     when the run's own sampler is ``sampler`` (another sampler's grid must not be captioned with this one)."""
     own = row.run.own_samples_sampler()
@@ -324,8 +341,8 @@ def _samples_of(rows: Sequence[RunRow], sampler: str) -> tuple[Samples | None, l
     """The grid of ``sampler`` of the run with the lowest FID among those that have one, else of the first run
     that has one; only a regular file inside its run directory (a warning for each other one)."""
     found, warnings = [], []
-    for row in sorted(rows, key=lambda r: _fid(r)[1]):  # stable: ties keep path order
-        for name in _sample_names(row, sampler):
+    for row in sorted(rows, key=lambda r: ranking_fid(r)[1]):  # stable: ties keep path order
+        for name in sample_names(row, sampler):
             try:
                 path = contained_file(row.run.path, name)
             except UnsafeFile as err:
@@ -337,7 +354,7 @@ def _samples_of(rows: Sequence[RunRow], sampler: str) -> tuple[Samples | None, l
     if not found:
         return None, warnings
     row, path = found[0]
-    key, fid = _fid(row)
+    key, fid = ranking_fid(row)
     among = "" if len(found) == len(rows) else f" with a grid (of {len(rows)})"
     if len(rows) == 1:
         how = "the only run"
