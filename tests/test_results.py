@@ -265,3 +265,11 @@ def test_page_sample_grids_shrink_to_fit_the_size_budget(runs, monkeypatch, capl
         out = render(runs, monkeypatch)
     assert "data:image/png" not in (out / "index.html").read_text(encoding="utf-8")
     assert "index.html: sample grids left out" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_reconstructions_row_shows_the_runs_reconstructions_picture():
+    from types import SimpleNamespace
+
+    from genbench.results.figures import pictures_of
+
+    assert pictures_of(SimpleNamespace(sampler="reconstruction")) == ("reconstructions.png",)

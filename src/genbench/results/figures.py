@@ -50,6 +50,17 @@ class Cell:
         return self.row.run.model
 
 
+RECONSTRUCTION = "reconstruction"  # the pseudo-sampler of the decoder's reconstructions (genbench.evaluators)
+
+
+def pictures_of(row: RunRow) -> tuple[str, ...]:
+    """The pictures that show a row's images: the sampler's grids, or for the reconstructions pseudo-sampler the
+    run's ``reconstructions.png`` (originals and their reconstructions, captioned in the picture)."""
+    if row.sampler == RECONSTRUCTION:
+        return ("reconstructions.png",)
+    return sample_names(row, row.sampler)
+
+
 def sample_cells(runs: list[Run], warn: Callable[[str], None]) -> list[Cell]:
     """One cell per (model, sampler) of ``runs``' own evaluations, sorted, from the lowest-seed run."""
     pairs: dict[tuple[str, str], list[RunRow]] = {}
@@ -61,7 +72,7 @@ def sample_cells(runs: list[Run], warn: Callable[[str], None]) -> list[Cell]:
     for _, rows in sorted(pairs.items()):
         row = min(rows, key=lambda r: seed_order(r.run))
         picture = None
-        for name in sample_names(row, row.sampler):
+        for name in pictures_of(row):
             try:
                 picture = contained_file(row.run.path, name)
             except UnsafeFile as err:
