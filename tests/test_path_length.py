@@ -208,7 +208,11 @@ def test_sampler_codes_slerp_and_pixels(digits, tmp_path):
     model = Linear(geometry="sphere", sampler=True)
     results, _ = evaluate(PathLength(features="pixels", n_pairs=200), model, digits, tmp_path)
     protocol = results["protocols"]["path_length_pixels@normal"]
-    assert protocol["interpolation"] == "slerp" and protocol["sampler"] == "normal" and "sampler" in protocol["codes"]
+    assert (
+        protocol["interpolation"] == "slerp"
+        and protocol["sampler"] == "normal"
+        and "sampler" in protocol["codes"]
+    )
     assert protocol["feature_extractor"].startswith("pixels")
     assert results["path_length_pixels@normal"] > 0
 
