@@ -273,3 +273,15 @@ def test_the_reconstructions_row_shows_the_runs_reconstructions_picture():
     from genbench.results.figures import pictures_of
 
     assert pictures_of(SimpleNamespace(sampler="reconstruction")) == ("reconstructions.png",)
+
+
+def test_grey_figures_are_written_as_one_channel_and_colour_ones_are_kept():
+    from PIL import Image
+
+    from genbench.results.build import as_grey
+
+    grey = Image.new("RGB", (4, 4), (90, 90, 90))
+    assert as_grey(grey).mode == "L" and as_grey(grey).getpixel((0, 0)) == 90
+    colour = grey.copy()
+    colour.putpixel((1, 1), (200, 10, 10))
+    assert as_grey(colour).mode == "RGB"
