@@ -285,3 +285,18 @@ def test_grey_figures_are_written_as_one_channel_and_colour_ones_are_kept():
     colour = grey.copy()
     colour.putpixel((1, 1), (200, 10, 10))
     assert as_grey(colour).mode == "RGB"
+
+
+def test_the_committed_layout_follows_the_schema_and_reads_what_make_results_writes():
+    """results/layout.yaml parses, and every root it reads is a sweep directory experiments/results.sh writes."""
+    from genbench.results.layout import load_layout
+
+    repo = Path(__file__).resolve().parents[1]
+    layout = load_layout(repo / "results" / "layout.yaml")
+    script = (repo / "experiments" / "results.sh").read_text()
+    assert {s.id for s in layout.sections} >= {"digits", "fig4"}
+    for section in layout.sections:
+        for root in section.roots:
+            assert root.parts[:2] == ("outputs", "results")
+            name = root.parts[2]
+            assert f"stream {name} " in script or f'"{name}/' in script, name
