@@ -70,11 +70,9 @@ def precision_recall(
         n_fake, dtype=torch.bool, device=fake_feats.device
     )  # precision: fake in a real ball
     covered = []  # recall: real point in a fake ball
-    for block in real_feats.split(BLOCK_ROWS):
-        real_start = sum(len(c) for c in covered)
+    for block, radii in zip(real_feats.split(BLOCK_ROWS), real_radii.split(BLOCK_ROWS), strict=True):
         dist = torch.cdist(block, fake_feats)  # (B, M)
         covered.append((dist <= fake_radii).any(dim=1))
-        radii = real_radii[real_start : real_start + len(block)]
         inside_real |= (dist <= radii[:, None]).any(dim=0)
     recall = int(torch.cat(covered).sum())
     return PrecisionRecall(precision=int(inside_real.sum()) / n_fake, recall=recall / n_real)
