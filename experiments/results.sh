@@ -14,7 +14,7 @@ RESUME=${RESULTS_RESUME:-false}
 CELEBA_TOO=${RESULTS_CELEBA:-false}
 PY=${PY:-.venv/bin/python}
 MODELS=experiment=results/glo,results/glo_default,results/incremental_glo,results/vae,results/mmd_vae,results/alae
-CELEBA=experiment=results/celeba64/glo,results/celeba64/incremental_glo,results/celeba64/vae
+CELEBA=experiment=results/celeba64/glo,results/celeba64/glo_default,results/celeba64/incremental_glo,results/celeba64/vae
 FIG4=experiment=results/fig4_glo,results/fig4_incremental_glo,results/fig4_incremental_glo_continuity
 IFS=, read -r -a ALL <<<"$SEEDS"
 HALF=$(((${#ALL[@]} + 1) / 2))

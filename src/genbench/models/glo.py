@@ -205,7 +205,7 @@ class GLO(GenerativeModel):
         )
 
     def on_train_epoch_start(self) -> None:
-        """Step decay of both rates (GLANN: x0.1 every 20 epochs), a function of the epoch so resuming is exact."""
+        """Step decay of both rates (GLANN: x0.5 every 20 epochs), a function of the epoch so resuming is exact."""
         factor = self.lr_decay ** (self.current_epoch // self.lr_decay_every) if self.lr_decay_every else 1.0
         for group in self.optimizers().param_groups:
             group["lr"] = self.lr_generator * factor
