@@ -43,10 +43,11 @@ def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:
 
 def bench_overrides(model: str | None, size: int, batch_size: int, data_root: str | None) -> list[str]:
     """Overrides for one (model, image size) cell: no evaluation, CSV logging as a default run, the bench's batch size, the real data root.
-    ``model`` None keeps the default model (for cells that only need the data)."""
+    ``model`` None keeps the default model (for cells that only need the data). preset=none: the bench measures
+    conf/model/<model>.yaml itself, not a paper's per-dataset setting."""
     if size not in DATASETS:
         raise ValueError(f"image size {size} is not benchmarked; choose from {sorted(DATASETS)}")
-    out = [f"data={DATASETS[size]}", "eval=none", "logger=csv", f"data.batch_size={batch_size}"]
+    out = [f"data={DATASETS[size]}", "preset=none", "eval=none", "logger=csv", f"data.batch_size={batch_size}"]
     out += [f"model={model}"] if model else []
     return out + ([f"data.root={data_root}"] if data_root else [])
 
