@@ -366,6 +366,27 @@ def test_a_refused_config_leaves_a_failed_record_in_the_run_directory(tmp_path, 
     assert failed["status"] == "failed" and "data.image_size=4096" in failed["error"]
 
 
+def test_a_refused_start_in_a_finished_run_directory_keeps_its_record(tmp_path, cache_dir):
+    """Rerunning a command into a finished run without resume=true (or with a bad value) is refused in one line,
+    and the finished run's metrics.json is left as it was (it once became a 'failed' record of the refusal)."""
+    from genbench.errors import UserError
+    from genbench.run.validation import ConfigError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"a finished run's checkpoint")
+    finished = {"status": "finished", "model": "glo", "data": "digits", "fid_classifier@prior": 4.1}
+    (run_dir / "metrics.json").write_text(json.dumps(finished))
+    overrides = ["trainer.accelerator=cpu", "logger=none", "eval=none"]
+    with pytest.raises(UserError, match="already holds a run.*resume=true"):
+        train(compose_config(overrides, run_dir))
+    assert record(run_dir) == finished
+    with pytest.raises(ConfigError, match="data.image_size=4096"):
+        train(compose_config([*overrides, "data.image_size=4096"], run_dir))
+    assert record(run_dir) == finished
+
+
 def test_sigterm_during_the_imle_fit_stops_it_promptly_and_resume_finishes(tmp_path):
     """GLANN's IMLE sampler is fitted at the end of training, inside a hook: SIGTERM there stops the fit within
     seconds (it polls the stop request), exits 143 with the trained weights saved, and resume=true refits and ends."""

@@ -45,6 +45,8 @@ BAD = [
     (["model=glo", "model.projection=cube"], "model.projection"),
     (["model=vae", "model.beta=-1"], "model.beta"),
     (["model=alae", "model.w_avg_beta=1"], "model.w_avg_beta"),
+    (["model=alae", "model.generator.output=sigmoid"], "model.generator.output"),
+    (["model=glo", "model.generator.output=clamp"], "model.generator.output"),
     (["model=incremental_glo", "model.stages.final_epochs=-1"], "model.stages.final_epochs"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs"),
     (["trainer.max_epochs=0"], "trainer.max_epochs"),

@@ -200,19 +200,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         validate_config(cfg)
     except ConfigError as exc:
-        if rank_zero and run_dir.is_dir():  # Hydra made it: say why it stays empty
+        # Hydra made the folder: say why it stays empty, but never over the record of a run already there
+        if rank_zero and run_dir.is_dir() and record.read_record(run_dir) is None:
             record.write_record(run_dir, record.failure_record(who_unchecked(cfg), f"ConfigError: {exc}"))
         raise
+    ckpt_path = None
     if rank_zero:
         prepare_run_dir(run_dir)
         done = already_finished(cfg, run_dir)
         if done is not None:
             return done
+        # Refused here (a run already in run_dir without resume=true) before anything is written: its record stays.
+        ckpt_path = resume_point(cfg, run_dir)
     with RunLock(run_dir) if rank_zero else contextlib.nullcontext():
-        return _train(cfg, run_dir, rank_zero)
+        return _train(cfg, run_dir, rank_zero, ckpt_path)
 
 
-def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
+def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool, ckpt_path: str | None) -> dict[str, Any]:
     from lightning_fabric.plugins.environments import SLURMEnvironment
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -225,7 +229,8 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
     checkpoint: LastCheckpoint | None = None
     resumed_at: tuple[int, int] | None = None
     try:
-        ckpt_path = resume_point(cfg, run_dir) if rank_zero else worker_resume_point(cfg, run_dir)
+        if not rank_zero:
+            ckpt_path = worker_resume_point(cfg, run_dir)
         resolved = (
             write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
         )

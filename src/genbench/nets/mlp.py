@@ -83,12 +83,18 @@ class MappingNetwork(nn.Module):
         return self.net(pixel_norm(z))
 
 
+OUTPUTS = {"linear": lambda x: x, "clamp": lambda x: x.clamp(-1.0, 1.0), "tanh": torch.tanh}
+
+
 class FCGenerator(nn.Module):
     """G: w (N, in_features) -> signed images (N, C, S, S), unbounded (linear output, as the official GeneratorFC).
 
     ``output_init_scale`` scales the output layer's initial weights (1: He, as the official code). At He scale the
     untrained output layer maps each hidden vector to independent per-pixel noise of about the data's range, which
     the adversarial signal (through E, whose input gradients R1 keeps small) removes only slowly.
+
+    ``output``: ``linear`` (the official GeneratorFC), ``clamp`` (clipped to the data's range [-1, 1], the images
+    that are shown and scored, so the critic judges those) or ``tanh``.
     """
 
     def __init__(
@@ -99,15 +105,18 @@ class FCGenerator(nn.Module):
         hidden: int = 1024,
         num_layers: int = 3,
         output_init_scale: float = 1.0,
+        output: str = "linear",
     ) -> None:
         super().__init__()
-        self.shape = (channels, image_size, image_size)
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {sorted(OUTPUTS)}, got {output!r}")
+        self.shape, self.output = (channels, image_size, image_size), output
         self.net = mlp([in_features] + [hidden] * (num_layers - 1) + [math.prod(self.shape)])
         with torch.no_grad():
             self.net[-1].weight.mul_(output_init_scale)
 
     def forward(self, w: Tensor) -> Tensor:
-        return self.net(w).view(w.shape[0], *self.shape)
+        return OUTPUTS[self.output](self.net(w)).view(w.shape[0], *self.shape)
 
 
 class FCEncoder(nn.Module):

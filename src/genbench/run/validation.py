@@ -23,6 +23,7 @@ from genbench.latent import PROJECTIONS
 from genbench.losses import KERNELS
 from genbench.nets.conv import base_grid
 from genbench.nets.dcgan import OUTPUTS
+from genbench.nets.mlp import OUTPUTS as FC_OUTPUTS
 from genbench.run.paths import CONFIG_DIR
 
 SEED_MAX = 2**32 - 1  # numpy's seed range; Lightning silently replaces a seed outside it by 0
@@ -198,6 +199,7 @@ def _check_by_name(cfg: DictConfig, node: str) -> None:
 
 def _check_model(cfg: DictConfig) -> None:
     _check_by_name(cfg, "model")
+    fully_connected = str(_get(cfg, "model.generator._target_")).endswith(".FCGenerator")
     for name, choices in (
         ("init", INITS),
         ("projection", PROJECTIONS),
@@ -207,7 +209,7 @@ def _check_model(cfg: DictConfig) -> None:
         ("divergence", ("kl", "mmd")),
         ("likelihood", ("bernoulli", "gaussian")),
         ("mmd_kernel", sorted(KERNELS)),
-        ("generator.output", OUTPUTS),
+        ("generator.output", tuple(sorted(FC_OUTPUTS)) if fully_connected else OUTPUTS),
     ):
         _choice(cfg, f"model.{name}", choices)
     beta = _get(cfg, "model.w_avg_beta")
