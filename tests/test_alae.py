@@ -117,7 +117,9 @@ def test_generator_output_maps_the_linear_output(output):
     if output == "clamp":
         x = raw.detach().requires_grad_(True)
         x.clamp(-1, 1).sum().backward()
-        assert ((x.grad == 0) == (x.abs() > 1)).all()  # a clipped pixel gets no gradient, the others all of it
+        assert (
+            (x.grad == 0) == (x.abs() > 1)
+        ).all()  # a clipped pixel gets no gradient, the others all of it
     with pytest.raises(ValueError, match="output must be one of"):
         FCGenerator(channels=1, image_size=8, in_features=4, output="sigmoid")
 
@@ -423,4 +425,6 @@ def test_mlp_alae_on_real_mnist_keeps_the_black_background_black(shared_data, tm
     with torch.no_grad():
         samples = model.eval().sample(1000, generator=torch.Generator().manual_seed(0))
     assert samples[:, black].mean() < 0.07
-    assert samples[:, ~black].mean() == pytest.approx(train[:, ~black].mean().item(), abs=0.05)  # not all black
+    assert samples[:, ~black].mean() == pytest.approx(
+        train[:, ~black].mean().item(), abs=0.05
+    )  # not all black

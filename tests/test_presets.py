@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import CONF, compose_config
 from hydra.utils import instantiate
 
+from helpers import CONF, compose_config
 
 PRESETS = sorted(p.stem for p in (CONF / "preset").glob("*.yaml") if p.stem != "none")
 MODELS = {p.stem for p in (CONF / "model").glob("*.yaml")}
@@ -35,7 +35,11 @@ def test_every_preset_is_chosen_by_its_model_and_data_and_builds_the_model(prese
 
 def test_the_published_vae_on_mnist_is_lucic_et_al_and_preset_none_is_genbenchs_own(tmp_path: Path):
     published = compose_config(["model=vae", "data=mnist"], tmp_path)
-    assert (published.model.latent_dim, published.data.batch_size, published.trainer.max_epochs) == (64, 64, 20)
+    assert (published.model.latent_dim, published.data.batch_size, published.trainer.max_epochs) == (
+        64,
+        64,
+        20,
+    )
     assert list(published.model.betas) == [0.5, 0.999]
     own = compose_config(["model=vae", "data=mnist", "preset=none"], tmp_path)
     assert (own.model.latent_dim, own.data.batch_size, own.trainer.max_epochs) == (16, 128, 5)

@@ -47,7 +47,13 @@ def bench_overrides(model: str | None, size: int, batch_size: int, data_root: st
     conf/model/<model>.yaml itself, not a paper's per-dataset setting."""
     if size not in DATASETS:
         raise ValueError(f"image size {size} is not benchmarked; choose from {sorted(DATASETS)}")
-    out = [f"data={DATASETS[size]}", "preset=none", "eval=none", "logger=csv", f"data.batch_size={batch_size}"]
+    out = [
+        f"data={DATASETS[size]}",
+        "preset=none",
+        "eval=none",
+        "logger=csv",
+        f"data.batch_size={batch_size}",
+    ]
     out += [f"model={model}"] if model else []
     return out + ([f"data.root={data_root}"] if data_root else [])
 

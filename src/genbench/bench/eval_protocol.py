@@ -36,7 +36,14 @@ def bench_eval_protocol(data_root: str, tmp: Path, models: tuple[str, ...] = MOD
         run_dir = tmp / f"eval-protocol-{model}"
         # preset=none: genbench's own model settings, whose evaluation the budgets are about (not a paper's setting,
         # which may add samplers such as GLANN's IMLE).
-        overrides = [f"model={model}", "data=mnist", "preset=none", "trainer.max_epochs=1", "eval=none", "logger=none"]
+        overrides = [
+            f"model={model}",
+            "data=mnist",
+            "preset=none",
+            "trainer.max_epochs=1",
+            "eval=none",
+            "logger=none",
+        ]
         cfg = compose_run(overrides, run_dir)
         if classifier_seconds is None:
             datamodule = instantiate(cfg.data)
