@@ -45,7 +45,7 @@ classifiers:  ## train the feature classifiers of MNIST and Fashion-MNIST ahead 
 leaderboard:  ## rank finished runs under outputs/ and multirun/
 	$(PY) -m genbench.leaderboard outputs multirun
 
-results:  ## the benchmark behind results/README.md: every sweep (~2 h on 2 CPU cores; GENBENCH_DATA), then the render
+results:  ## the benchmark behind results/README.md: every sweep (~3 h on 2 CPU cores; GENBENCH_DATA), then the render
 	PY=$(PY) bash experiments/results.sh
 
 results-render:  ## re-render results/ from the finished runs under outputs/results

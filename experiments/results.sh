@@ -5,13 +5,13 @@
 # sweep that fails does not stop the others, and the render lists its failed runs. Rerun with RESULTS_RESUME=true
 # to continue interrupted runs from their checkpoints.
 #   RESULTS_RUNS (outputs/results)  RESULTS_SEEDS (0,1)  RESULTS_THREADS (1)  RESULTS_RESUME (false)
-#   RESULTS_CELEBA (false: CelebA-64 is not in results/ yet; true adds its sweeps)  PY (.venv/bin/python)
+#   RESULTS_CELEBA (true: the CelebA-64 sweeps; false skips them)  PY (.venv/bin/python)
 set -uo pipefail
 RUNS=${RESULTS_RUNS:-outputs/results}
 SEEDS=${RESULTS_SEEDS:-0,1}
 THREADS=${RESULTS_THREADS:-1}
 RESUME=${RESULTS_RESUME:-false}
-CELEBA_TOO=${RESULTS_CELEBA:-false}
+CELEBA_TOO=${RESULTS_CELEBA:-true}
 PY=${PY:-.venv/bin/python}
 MODELS=experiment=results/glo,results/glo_default,results/incremental_glo,results/vae,results/mmd_vae,results/alae
 CELEBA=experiment=results/celeba64/glo,results/celeba64/glo_default,results/celeba64/incremental_glo,results/celeba64/vae
