@@ -321,6 +321,26 @@ def test_only_the_rows_in_a_batch_change_with_adam(tmp_path):
     assert moved_then_idle.sum() > 50  # the case dense Adam gets wrong is really exercised
 
 
+def test_generator_normalize_input_sees_only_the_codes_direction():
+    g = DCGANGenerator(channels=1, image_size=16, in_features=8, width=8, normalize_input=True).eval()
+    z = torch.randn(4, 8).requires_grad_(True)
+    with torch.no_grad():
+        torch.testing.assert_close(g(z), g(25.0 * z))
+        torch.testing.assert_close(g(z), g(z / z.norm(dim=1, keepdim=True)))
+    g(z).sum().backward()  # the norm is held constant: the gradient is the plain one divided by it
+    plain = DCGANGenerator(channels=1, image_size=16, in_features=8, width=8).eval()
+    plain.load_state_dict(g.state_dict())
+    u = (z.detach() / z.detach().norm(dim=1, keepdim=True)).requires_grad_(True)
+    plain(u).sum().backward()
+    torch.testing.assert_close(z.grad, u.grad / z.detach().norm(dim=1, keepdim=True))
+
+
+def test_glo_init_std_sets_the_scale_of_unprojected_starting_codes():
+    model = small_glo(latent_dim=16, init="gaussian", init_std=0.01, projection="none")
+    model.codes.prepare(2000, None, torch.device("cpu"), seed=0)
+    assert model.codes.weight.std().item() == pytest.approx(0.01, rel=0.05)
+
+
 # -- configs ------------------------------------------------------------------------------------------------------
 
 

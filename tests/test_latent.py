@@ -231,6 +231,21 @@ def test_ivf_finds_most_neighbours_probing_few_cells():
     torch.testing.assert_close(dist, (queries - keys[index]).pow(2).sum(dim=1), atol=1e-4, rtol=1e-4)
 
 
+def test_ivf_query_whose_probed_cells_are_empty_gets_its_exact_neighbour():
+    """k-means can leave cells without keys (the IMLE fit of codes at N(0, 0.01^2) matched nothing for some codes:
+    matching loss inf, and index -1 silently picked the last noise row as their regression target)."""
+    keys = torch.randn(200, 4)
+    centroids = torch.cat(
+        [keys[:50].mean(0, keepdim=True), torch.full((3, 4), 100.0)]
+    )  # 3 far cells, no keys
+    cells = torch.zeros(200, dtype=torch.long)  # every key in cell 0
+    queries = torch.cat([torch.randn(20, 4), torch.full((5, 4), 99.0)])  # the last 5 probe only empty cells
+    dist, index = ivf_nearest(queries, keys, centroids, cells, probes=1)
+    ref_dist, ref_index = nearest_neighbours(queries, keys)
+    assert torch.equal(index, ref_index) and torch.isfinite(dist).all()
+    torch.testing.assert_close(dist, ref_dist, atol=1e-3, rtol=1e-5)
+
+
 def test_kmeans_centroids_are_the_means_of_their_cells():
     x = torch.randn(300, 3)
     centroids, cells = kmeans(x, x[:5], 4)

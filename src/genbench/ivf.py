@@ -74,7 +74,8 @@ def ivf_nearest(
 
     ``centroids`` (k, D) and ``key_cells`` (M,) (each key's cell, e.g. from :func:`kmeans`) define the cells.
     Returns squared distances (Q,) and key indices (Q,). ``should_stop`` is polled once per cell; when it returns
-    True the search returns early with +inf distances (and index -1) where it had not finished.
+    True the search returns early with +inf distances (and index -1) where it had not finished. A query whose probed
+    cells hold no key (k-means can leave cells empty) gets an exact search over all keys instead.
     """
     queries, keys = queries.float(), keys.float()
     k = centroids.shape[0]
@@ -93,8 +94,10 @@ def ivf_nearest(
     pair_dist = torch.full((n_q * probes,), float("inf"), device=queries.device)
     pair_index = torch.full((n_q * probes,), -1, dtype=torch.long, device=queries.device)
     q_sq = queries.pow(2).sum(dim=1)
+    stopped = False
     for c in range(k):
         if should_stop is not None and should_stop():
+            stopped = True
             break
         k0, k1, p0, p1 = key_start[c], key_start[c + 1], pair_start[c], pair_start[c + 1]
         if k0 == k1 or p0 == p1:
@@ -109,6 +112,10 @@ def ivf_nearest(
             pair_index[pairs] = key_order[k0 + j]
     dist, best = pair_dist.view(n_q, probes).min(dim=1)
     index = pair_index.view(n_q, probes).gather(1, best[:, None])[:, 0]
+    unmatched = index < 0
+    if not stopped and bool(unmatched.any()):
+        exact_dist, exact_index = knn(queries[unmatched], keys, 1, chunk_size, squared=True)
+        dist[unmatched], index[unmatched] = exact_dist[:, 0], exact_index[:, 0]
     return dist.clamp_min_(0), index
 
 

@@ -21,6 +21,8 @@ class DCGANGenerator(nn.Module):
     """(N, in_features) codes -> (N, channels, image_size, image_size) images in [0, 1].
 
     ``output="tanh"`` maps tanh to [0, 1] as (tanh + 1) / 2 (DCGAN, the GLO post); ``"sigmoid"`` uses a sigmoid.
+    ``normalize_input``: codes are divided by their norm (held constant for the gradient) first, as GLANN's
+    generator does, so only their direction matters whatever the scale they start or drift at.
     """
 
     def __init__(
@@ -33,8 +35,10 @@ class DCGANGenerator(nn.Module):
         kernel_size: int = 4,
         batch_norm: bool = True,
         output: str = "tanh",
+        normalize_input: bool = False,
     ) -> None:
         super().__init__()
+        self.normalize_input = normalize_input
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if kernel_size < 3:
@@ -66,6 +70,8 @@ class DCGANGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
+        if self.normalize_input:
+            z = z / z.detach().norm(dim=1, keepdim=True).clamp_min(1e-12)
         y = self.net(z.view(z.shape[0], z.shape[1], 1, 1))
         if self.output == "tanh":
             return 0.5 * (torch.tanh(y) + 1.0)
