@@ -43,6 +43,7 @@ BAD = [
     (["model=glo", "model/sampler=imle", "model.sampler.lr=0"], "model.sampler.lr"),
     (["model=glo", "model.betas=[0.9,1.0]"], "model.betas"),
     (["model=glo", "model.projection=cube"], "model.projection"),
+    (["model=glo", "model.init_std=0"], "model.init_std"),
     (["model=vae", "model.beta=-1"], "model.beta"),
     (["model=alae", "model.w_avg_beta=1"], "model.w_avg_beta"),
     (["model=alae", "model.generator.output=sigmoid"], "model.generator.output"),
