@@ -169,7 +169,9 @@ def _check_by_name(cfg: DictConfig, node: str) -> None:
             _positive_float(cfg, key, example=1e-3 if name != "lr_multiplier" else 0.1)
         elif name.endswith("_weight") or name in ("beta", "r1_gamma", "continuity_sigma", "jitter"):
             _float(cfg, key, strict=False, example=1.0)
-        elif name == "decay" or (name == "init_std" and _get(cfg, key) is not None):  # init_std null: 1/sqrt(D)
+        elif name == "decay" or (
+            name == "init_std" and _get(cfg, key) is not None
+        ):  # init_std null: 1/sqrt(D)
             _positive_float(cfg, key, example=0.5 if name == "decay" else 1.0)
         elif name == "batch_size" or name.endswith("_batch_size"):
             _int(cfg, key, 1, example=64)
