@@ -204,7 +204,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if rank_zero and run_dir.is_dir() and record.read_record(run_dir) is None:
             record.write_record(run_dir, record.failure_record(who_unchecked(cfg), f"ConfigError: {exc}"))
         raise
-    ckpt_path = None
     if rank_zero:
         prepare_run_dir(run_dir)
         done = already_finished(cfg, run_dir)
@@ -212,6 +211,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             return done
         # Refused here (a run already in run_dir without resume=true) before anything is written: its record stays.
         ckpt_path = resume_point(cfg, run_dir)
+    else:
+        ckpt_path = worker_resume_point(cfg, run_dir)
     with RunLock(run_dir) if rank_zero else contextlib.nullcontext():
         return _train(cfg, run_dir, rank_zero, ckpt_path)
 
@@ -229,8 +230,6 @@ def _train(cfg: DictConfig, run_dir: Path, rank_zero: bool, ckpt_path: str | Non
     checkpoint: LastCheckpoint | None = None
     resumed_at: tuple[int, int] | None = None
     try:
-        if not rank_zero:
-            ckpt_path = worker_resume_point(cfg, run_dir)
         resolved = (
             write_resolved_config(cfg, run_dir) if rank_zero else OmegaConf.to_container(cfg, resolve=True)
         )

@@ -26,9 +26,10 @@ reconstructs through it). ``ema_decay: null`` (or 0) turns the average off: the 
 Against the official configuration (mnist_fc): D has no activation between its layers and F learns in the
 latent-autoencoder step, as there; four departures were measured better and are the config's defaults
 (conf/model/alae.yaml): E's output is linear (official: leaky ReLU), G's output layer starts at 0.1 x He
-(official: 1 x), G's output is clipped to the data's range (official: linear) and R1's gamma is 1 (official: 10). At 1,000 batches of 128 (seed
-0, averaged nets, 10k test images) test reconstruction MSE on Fashion-MNIST / MNIST: official settings plus EMA
-0.0795 / 0.0982; linear E 0.0496 / 0.0648; both 0.0379 / 0.0525 (0.44 / 0.78 of the test set's pixel variance).
+(official: 1 x), G's output is clipped to the data's range (official: linear) and R1's gamma is 1 (official:
+10). At 1,000 batches of 128 (seed 0, averaged nets, 10k test images) test reconstruction MSE on Fashion-MNIST /
+MNIST: official settings plus EMA 0.0795 / 0.0982; linear E 0.0496 / 0.0648; both 0.0379 / 0.0525 (0.44 / 0.78 of
+the test set's pixel variance).
 The clip and the lighter R1 then remove most of the salt-and-pepper speckle those runs still had (MNIST, 3 epochs,
 prior FID 53.7 -> 20.9, recall 0.009 -> 0.185: conf/model/alae.yaml). A plain-PyTorch loop of the official code
 (experiments/alae_plain_loop.py, no Lightning) reached 0.140 / 0.152 at the same batches. Single runs: GAN

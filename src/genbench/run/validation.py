@@ -112,17 +112,19 @@ def _float(
     *,
     strict: bool,
     example: Any,
+    optional: bool = False,
 ) -> Any:
-    """The finite number at ``key`` above ``minimum`` (``strict``) or at least it, and at most ``maximum``."""
+    """The finite number at ``key`` above ``minimum`` (``strict``) or at least it, and at most ``maximum``; null
+    too when ``optional``."""
     value = _get(cfg, key)
-    if value is _ABSENT:
+    if value is _ABSENT or (optional and value is None):
         return value
     low_ok = _is_real(value) and (value > minimum if strict else value >= minimum)
     if not low_ok or (maximum is not None and value > maximum):
         rule = f"a finite number {'>' if strict else '>='} {minimum:g}" + (
             f" and <= {maximum:g}" if maximum is not None else ""
         )
-        _fail(key, value, rule, example)
+        _fail(key, value, rule + (" or null" if optional else ""), example)
     return value
 
 
@@ -169,10 +171,10 @@ def _check_by_name(cfg: DictConfig, node: str) -> None:
             _positive_float(cfg, key, example=1e-3 if name != "lr_multiplier" else 0.1)
         elif name.endswith("_weight") or name in ("beta", "r1_gamma", "continuity_sigma", "jitter"):
             _float(cfg, key, strict=False, example=1.0)
-        elif name == "decay" or (
-            name == "init_std" and _get(cfg, key) is not None
-        ):  # init_std null: 1/sqrt(D)
-            _positive_float(cfg, key, example=0.5 if name == "decay" else 1.0)
+        elif name == "decay":
+            _positive_float(cfg, key, example=0.5)
+        elif name == "init_std":  # null: 1 / sqrt(latent_dim)
+            _float(cfg, key, strict=True, optional=True, example=1.0)
         elif name == "batch_size" or name.endswith("_batch_size"):
             _int(cfg, key, 1, example=64)
         elif name == "latent_dim":
